@@ -1,0 +1,126 @@
+"""Broker, middleware and actors: what ``dramatiq coursegen.actors`` loads.
+
+Importing this module reads the settings (it is the workers' entry point) but opens no
+connection: the Redis client connects on first use and the status store is built by the
+writer thread, after the worker process has forked.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    MiddlewareError,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from middleware import JobStatusMiddleware, StatusWriter
+from middleware.outbox import OutboxStore, RedisOutbox
+from middleware.stores.base import StatusStore
+
+from .settings import NO_STORE_MESSAGE, ConfigurationError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "course-generation"
+
+
+class StoreNotConfigured(ConfigurationError, MiddlewareError):
+    """A worker must have a status store (Supabase or PostgreSQL), not just Redis."""
+
+
+class RequireStatusStore(Middleware):
+    """Refuses to start a worker that could only spill statuses to the outbox."""
+
+    def __init__(self, store_kind: str) -> None:
+        self.store_kind = store_kind
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if self.store_kind == "outbox":
+            raise StoreNotConfigured(NO_STORE_MESSAGE)
+
+
+def make_store_factory(settings: Settings, outbox: RedisOutbox) -> Any:
+    """A function building the configured store; called in the writer thread, after fork."""
+    kind = settings.status_store()
+
+    def build() -> StatusStore:
+        if kind == "postgres":
+            from middleware.stores.postgres import PostgresStatusStore
+
+            return PostgresStatusStore(settings.require_database_url(), timeout=settings.store_timeout)
+        if kind == "supabase":
+            from middleware.stores.supabase import SupabaseStatusStore
+
+            assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+            return SupabaseStatusStore(
+                settings.supabase_url, settings.supabase_service_role_key, timeout=settings.store_timeout
+            )
+        return OutboxStore(outbox)
+
+    return build
+
+
+def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware]:
+    """The Redis broker with the status middleware first in its list."""
+    broker = RedisBroker(
+        url=settings.redis_url.get_secret_value(),
+        middleware=[
+            AgeLimit(max_age=settings.max_age_ms),
+            TimeLimit(time_limit=settings.time_limit_ms),
+            ShutdownNotifications(),
+            Callbacks(),
+            Pipelines(),
+            Retries(
+                max_retries=settings.max_retries,
+                min_backoff=settings.min_backoff_ms,
+                max_backoff=settings.max_backoff_ms,
+            ),
+            CurrentMessage(),
+        ],
+    )
+    outbox = RedisOutbox(broker.client)
+    kind = settings.status_store()
+    writer = StatusWriter(
+        make_store_factory(settings, outbox),
+        # a producer without store credentials pushes to the outbox; it never drains it
+        outbox=None if kind == "outbox" else outbox,
+        flush_interval=settings.flush_interval,
+        max_batch=settings.max_batch,
+        max_buffer=settings.max_buffer,
+        retry_attempts=settings.retry_attempts,
+        retry_seconds=settings.retry_seconds,
+    )
+    status = JobStatusMiddleware(writer)
+    broker.add_middleware(status, before=AgeLimit)
+    broker.add_middleware(RequireStatusStore(kind))
+    return broker, status
+
+
+settings = load_settings()
+broker, status_middleware = build_broker(settings)
+dramatiq.set_broker(broker)
+
+
+class CourseGenerationError(Exception):
+    """The request cannot become a course; retrying will not change that."""
+
+
+@dramatiq.actor(queue_name=QUEUE, track_status=True, throws=(CourseGenerationError,))
+def generate_course(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build a course from the payload's source material (the full pipeline is issue [3/6])."""
+    sources = payload.get("sources") or []
+    words = sum(len(str(source.get("text", "")).split()) for source in sources if isinstance(source, dict))
+    if words < 50:
+        raise CourseGenerationError(f"the sources hold {words} words; a course needs at least 50")
+    return {"title": str(payload.get("title") or "Untitled course"), "sources": len(sources), "words": words}

@@ -1,0 +1,121 @@
+"""Configuration: one pydantic-settings object, built at entry points only and passed down."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(Exception):
+    """The environment does not describe a usable setup."""
+
+
+#: what a worker says when it has nowhere to write statuses
+NO_STORE_MESSAGE = (
+    "no status store configured: set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (production) "
+    "or DATABASE_URL (a PostgreSQL with `coursegen migrate` applied); only producers may run "
+    "with REDIS_URL alone"
+)
+
+
+class Settings(BaseSettings):
+    """Read from the environment (``REDIS_URL``, ``SUPABASE_URL``, ...) and ``COURSEGEN_*`` knobs.
+
+    Secrets are ``SecretStr``: they never show in a repr, a log line or an error message.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    supabase_url: str | None = Field(None, validation_alias=AliasChoices("SUPABASE_URL", "supabase_url"))
+    supabase_service_role_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SERVICE_KEY", "supabase_service_role_key"
+        ),
+    )
+    database_url: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
+
+    # knobs
+    store: Literal["auto", "supabase", "postgres", "outbox"] = Field(
+        "auto", validation_alias=AliasChoices("COURSEGEN_STATUS_STORE", "store")
+    )
+    flush_interval: float = Field(
+        0.05, gt=0, le=10, validation_alias=AliasChoices("COURSEGEN_FLUSH_INTERVAL", "flush_interval")
+    )
+    max_batch: int = Field(
+        500, ge=1, le=5000, validation_alias=AliasChoices("COURSEGEN_MAX_BATCH", "max_batch")
+    )
+    max_buffer: int = Field(
+        20_000, ge=100, validation_alias=AliasChoices("COURSEGEN_MAX_BUFFER", "max_buffer")
+    )
+    store_timeout: float = Field(
+        5.0, gt=0, le=120, validation_alias=AliasChoices("COURSEGEN_STORE_TIMEOUT", "store_timeout")
+    )
+    retry_attempts: int = Field(
+        5, ge=1, le=50, validation_alias=AliasChoices("COURSEGEN_RETRY_ATTEMPTS", "retry_attempts")
+    )
+    retry_seconds: float = Field(
+        5.0, gt=0, le=600, validation_alias=AliasChoices("COURSEGEN_RETRY_SECONDS", "retry_seconds")
+    )
+    max_retries: int = Field(
+        3, ge=0, le=100, validation_alias=AliasChoices("COURSEGEN_MAX_RETRIES", "max_retries")
+    )
+    min_backoff_ms: int = Field(
+        1000, ge=1, validation_alias=AliasChoices("COURSEGEN_MIN_BACKOFF_MS", "min_backoff_ms")
+    )
+    max_backoff_ms: int = Field(
+        60_000, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_BACKOFF_MS", "max_backoff_ms")
+    )
+    time_limit_ms: int = Field(
+        600_000, ge=1000, validation_alias=AliasChoices("COURSEGEN_TIME_LIMIT_MS", "time_limit_ms")
+    )
+    max_age_ms: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_AGE_MS", "max_age_ms")
+    )
+
+    @model_validator(mode="after")
+    def _check_store(self) -> Settings:
+        if self.supabase_url and self.supabase_service_role_key is None:
+            raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        return self
+
+    def status_store(self) -> Literal["supabase", "postgres", "outbox"]:
+        """Where status events go: Supabase when ``SUPABASE_URL`` is set, else Postgres when
+        ``DATABASE_URL`` is set, else the Redis outbox (a producer with ``REDIS_URL`` alone:
+        workers drain the outbox; a worker itself refuses to boot without a store)."""
+        if self.store == "supabase" and not self.supabase_url:
+            raise ConfigurationError("COURSEGEN_STATUS_STORE=supabase needs SUPABASE_URL")
+        if self.store == "postgres" and self.database_url is None:
+            raise ConfigurationError("COURSEGEN_STATUS_STORE=postgres needs DATABASE_URL")
+        if self.store != "auto":
+            return self.store
+        if self.supabase_url:
+            return "supabase"
+        if self.database_url is not None:
+            return "postgres"
+        return "outbox"
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigurationError("DATABASE_URL is not set")
+        return self.database_url.get_secret_value()
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, with a clear error instead of a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None

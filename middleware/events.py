@@ -1,0 +1,244 @@
+"""The status vocabulary shared with SQL, and the event a hook hands to the writer.
+
+Python mirrors the statuses in one ``Enum`` and knows the ordering key only to coalesce
+events of one job in memory; whether a transition is allowed is decided in SQL
+(``public.job_status_upsert``), never here.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from typing import Any, NamedTuple
+
+
+class Status(enum.StrEnum):
+    """Job states, in the order of ``public.job_state`` (the order is the state machine's)."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({Status.CANCELLED, Status.COMPLETED, Status.FAILED, Status.SKIPPED})
+#: position of each status in ``public.job_state``
+_ORDER = {status: index for index, status in enumerate(Status)}
+
+#: stored error messages are capped at this many characters (the column allows 4000)
+MAX_ERROR_CHARS = 2000
+MAX_PROGRESS_MESSAGE_CHARS = 500
+#: results larger than this (encoded JSON) are replaced by a summary
+DEFAULT_MAX_RESULT_BYTES = 256 * 1024
+
+# Things that look like credentials: JWTs (Supabase keys are JWTs), bearer tokens, secret keys,
+# passwords in connection strings.
+_SECRET_PATTERNS = (
+    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\bsb_(secret|publishable)_[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|service[_-]?key|token)(\s*[=:]\s*)\S+"),
+)
+
+
+def redact(text: str) -> str:
+    """Blank out anything in ``text`` that looks like a key, token or password."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups >= 2:
+            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
+        elif pattern.groups == 1:
+            text = pattern.sub(lambda m: f"{m.group(1)} [REDACTED]", text)
+        else:
+            text = pattern.sub("[REDACTED]", text)
+    return text
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Make ``text`` safe to store: valid UTF-8, no NUL bytes, secrets redacted, capped."""
+    if len(text) > 4 * limit:  # do not run the patterns over megabytes
+        text = text[: 4 * limit]
+    text = redact(text.replace("\x00", "")).encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        text = text[: limit - 13] + " [truncated]"
+    return text
+
+
+class Owner(NamedTuple):
+    tenant_id: str
+    user_id: str
+
+
+class StatusEvent:
+    """One thing that happened to one job. Cheap to build: no validation, no I/O."""
+
+    __slots__ = (
+        "actor_name",
+        "attempt",
+        "enqueued_at",
+        "error_message",
+        "error_type",
+        "event_at",
+        "job_id",
+        "next_retry_at",
+        "progress",
+        "progress_message",
+        "queue_name",
+        "result",
+        "started_at",
+        "status",
+        "tenant_id",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        status: Status,
+        attempt: int,
+        owner: Owner,
+        actor_name: str,
+        queue_name: str,
+        event_at: float,
+        *,
+        enqueued_at: float | None = None,
+        started_at: float | None = None,
+        progress: int | None = None,
+        progress_message: str | None = None,
+        result: Any = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        next_retry_at: float | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.attempt = attempt
+        self.tenant_id, self.user_id = owner
+        self.actor_name = actor_name
+        self.queue_name = queue_name
+        self.event_at = event_at
+        self.enqueued_at = enqueued_at
+        self.started_at = started_at
+        self.progress = progress
+        self.progress_message = progress_message
+        self.result = result
+        self.error_type = error_type
+        self.error_message = error_message
+        self.next_retry_at = next_retry_at
+
+    def __repr__(self) -> str:
+        return (
+            f"StatusEvent(job_id={self.job_id!r}, status={self.status.value}, "
+            f"attempt={self.attempt}, progress={self.progress})"
+        )
+
+    def sort_key(self) -> tuple[Any, ...]:
+        """The ordering of ``public.job_status_upsert``, for coalescing in memory only.
+
+        Any terminal event beats any live one; between terminal events the earlier wins;
+        between live ones the greater (attempt, status, progress, event_at).
+        """
+        if self.status in _TERMINAL:
+            return (1, -self.event_at, -_ORDER[self.status])
+        return (0, self.attempt, _ORDER[self.status], self.progress or 0, self.event_at)
+
+    def supersedes(self, other: StatusEvent) -> bool:
+        return self.sort_key() > other.sort_key()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as the store's JSON object, without the absent fields."""
+        out: dict[str, Any] = {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
+            "actor_name": self.actor_name,
+            "queue_name": self.queue_name,
+            "event_at": self.event_at,
+        }
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def to_json(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> str:
+        """Encode for the store or the outbox. Never raises on a bad result or text.
+
+        A result that is not JSON (NaN, infinity, an object) or larger than
+        ``max_result_bytes`` is replaced by a summary that says so; the status still lands.
+        """
+        doc = self.as_dict()
+        for key in ("error_message", "progress_message", "error_type"):
+            if key in doc and not isinstance(doc[key], str):
+                doc[key] = str(doc[key])
+        if "result" in doc:
+            try:
+                encoded = json.dumps(doc["result"], allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                doc["result"] = {"_unstorable": True, "reason": clean_text(str(exc), 300)}
+            else:
+                size = len(encoded.encode("utf-8", "surrogatepass"))
+                if size > max_result_bytes:
+                    doc["result"] = {
+                        "_truncated": True,
+                        "size_bytes": size,
+                        "limit_bytes": max_result_bytes,
+                        "preview": clean_text(encoded[:500], 500),
+                    }
+        try:
+            text = json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+            text.encode("utf-8")  # lone surrogates cannot travel
+        except (TypeError, ValueError):  # NaN in a float field, or text that is not UTF-8
+            return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
+        if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL characters
+            return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> StatusEvent:
+        """Rebuild an event from :meth:`as_dict` output (the outbox stores that)."""
+        return cls(
+            doc["job_id"],
+            Status(doc["status"]),
+            doc["attempt"],
+            Owner(doc["tenant_id"], doc["user_id"]),
+            doc["actor_name"],
+            doc["queue_name"],
+            doc["event_at"],
+            **{name: doc.get(name) for name in _OPTIONAL},
+        )
+
+
+_OPTIONAL = (
+    "enqueued_at",
+    "started_at",
+    "progress",
+    "progress_message",
+    "result",
+    "error_type",
+    "error_message",
+    "next_retry_at",
+)
+
+
+def _sanitized(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(k): _sanitized(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitized(v) for v in value]
+    return value

@@ -1,0 +1,245 @@
+"""JobStatusMiddleware: Dramatiq hooks -> status events.
+
+Install it FIRST in the broker's middleware list (``broker.add_middleware(mw, before=AgeLimit)``
+or build the list yourself): before-hooks run in list order and after-hooks in reverse, so at
+index 0 it sees every message before another middleware can skip it, and sees every outcome
+after ``Retries`` has decided. Hooks only build an event and hand it to the writer; a failure in
+a hook is logged and counted, and never touches the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from dramatiq import Broker, Message, Middleware
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage
+
+from .errors import InvalidOwnerError
+from .events import MAX_ERROR_CHARS, Owner, Status, StatusEvent, clean_text
+from .metrics import get_metrics
+from .writer import StatusWriter
+
+logger = logging.getLogger(__name__)
+
+OwnerExtractor = Callable[[Message[Any]], Owner | None]
+
+
+def owner_from_payload(message: Message[Any]) -> Owner | None:
+    """The owner named by the job's payload: ``tenant_id`` and ``user_id`` keys of the first
+    positional argument when it is a dict, else of the keyword arguments."""
+    source: Any = message.args[0] if message.args and isinstance(message.args[0], dict) else message.kwargs
+    tenant_id = source.get("tenant_id") if isinstance(source, dict) else None
+    user_id = source.get("user_id") if isinstance(source, dict) else None
+    if tenant_id is None or user_id is None:
+        return None
+    return Owner(str(tenant_id), str(user_id))
+
+
+def check_owner(owner: Owner | None) -> str | None:
+    """What is wrong with ``owner``, or None."""
+    if owner is None:
+        return "the payload must carry 'tenant_id' and 'user_id'"
+    for name, value in zip(("tenant_id", "user_id"), owner, strict=True):
+        try:
+            uuid.UUID(value)
+        except (ValueError, AttributeError, TypeError):
+            return f"{name} must be a UUID, got {value[:60]!r}"
+    return None
+
+
+def _error_fields(exception: BaseException) -> dict[str, str]:
+    try:
+        text = str(exception)
+    except Exception:  # noqa: BLE001 - a __str__ that raises must still end the job's row
+        text = "<unprintable exception>"
+    return {
+        "error_type": type(exception).__name__[:255],
+        "error_message": clean_text(text, MAX_ERROR_CHARS),
+    }
+
+
+class _AttemptState(threading.local):
+    """What one worker thread knows about the message it is processing."""
+
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+        self.attempt = 0
+        self.started_at: float | None = None
+        self.retry_at: float | None = None
+        self.cancelled = False
+
+
+class JobStatusMiddleware(Middleware):
+    """Mirrors the lifecycle of tracked actors' messages into a status store.
+
+    Parameters:
+      writer: the process's :class:`StatusWriter`.
+      owner_of: extracts the job's owner from a message (default: the payload's
+        ``tenant_id`` and ``user_id``).
+      track_all: track every actor; otherwise only actors declared with ``track_status=True``.
+      is_cancel_requested: ``job_id -> bool``, consulted before a message runs; a job whose
+        cancellation was requested is skipped and ends ``cancelled``.
+    """
+
+    def __init__(
+        self,
+        writer: StatusWriter,
+        *,
+        owner_of: OwnerExtractor = owner_from_payload,
+        track_all: bool = False,
+        is_cancel_requested: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.owner_of = owner_of
+        self.track_all = track_all
+        self.is_cancel_requested = is_cancel_requested
+        self._state = _AttemptState()
+        self._tracked: dict[str, bool] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"track_status"}
+
+    def _is_tracked(self, broker: Broker, actor_name: str) -> bool:
+        tracked = self._tracked.get(actor_name)
+        if tracked is None:
+            try:
+                options = broker.get_actor(actor_name).options
+            except ActorNotFound:
+                return self.track_all
+            tracked = self._tracked[actor_name] = bool(options.get("track_status", self.track_all))
+        return tracked
+
+    def _emit(self, message: Message[Any], status: Status, attempt: int, **fields: Any) -> None:
+        owner = self.owner_of(message)
+        if owner is None:
+            get_metrics().failures.labels("no_owner").inc()
+            logger.error(
+                "Tracked message has no owner; its status is not recorded.",
+                extra={"action": "sync_no_owner", "job_id": message.message_id},
+            )
+            return
+        self.writer.submit(
+            StatusEvent(
+                message.message_id,
+                status,
+                attempt,
+                owner,
+                message.actor_name,
+                message.queue_name,
+                round(time.time(), 6),
+                enqueued_at=message.message_timestamp / 1000,
+                **fields,
+            )
+        )
+
+    def _hook_failed(self, hook: str, message: Message[Any]) -> None:
+        logger.exception(
+            "Job status hook %s failed; the job is unaffected.",
+            hook,
+            extra={"action": "sync_hook_error", "job_id": message.message_id},
+        )
+        try:
+            get_metrics().failures.labels("hook").inc()
+        except Exception:  # metrics must never turn a logged failure into a crash
+            logger.debug("could not count a hook failure", exc_info=True)
+
+    # -- hooks, in lifecycle order --------------------------------------------------------
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        if "retries" in message.options or (delay is None and "eta" in message.options):
+            return  # a retry copy, or a delayed message coming back from the delay queue
+        if not self._is_tracked(broker, message.actor_name):
+            return
+        problem = check_owner(self.owner_of(message))
+        if problem is not None:
+            raise InvalidOwnerError(message.actor_name, problem)
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        try:
+            if not self._is_tracked(broker, message.actor_name):
+                return
+            if "retries" in message.options:
+                if delay is not None:  # Retries re-enqueued it from this worker thread
+                    self._state.retry_at = message.options["eta"] / 1000
+                return
+            if delay is None and "eta" in message.options:
+                return  # moved back from the delay queue by a consumer thread
+            self._emit(message, Status.PENDING, 0)
+        except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
+            self._hook_failed("after_enqueue", message)
+
+    def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
+        state = self._state
+        state.job_id = None
+        state.cancelled = False
+        state.retry_at = None
+        try:
+            if not self._is_tracked(broker, message.actor_name):
+                return
+            state.job_id = message.message_id
+            state.attempt = message.options.get("retries", 0) + 1
+            state.started_at = round(time.time(), 6)
+            if self.is_cancel_requested is not None and self.is_cancel_requested(message.message_id):
+                state.cancelled = True
+            else:
+                self._emit(message, Status.ACTIVE, state.attempt, started_at=state.started_at)
+        except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
+            self._hook_failed("before_process_message", message)
+        if state.cancelled:
+            message.fail()
+            raise SkipMessage("cancellation was requested before the job started")
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: Message[Any],
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        state = self._state
+        if state.job_id != message.message_id:
+            return
+        state.job_id = None
+        try:
+            if exception is None:
+                self._emit(
+                    message, Status.COMPLETED, state.attempt, started_at=state.started_at, result=result
+                )
+                return
+            error = _error_fields(exception)
+            if state.retry_at is not None and not message.failed:
+                self._emit(
+                    message,
+                    Status.RETRYING,
+                    state.attempt,
+                    started_at=state.started_at,
+                    next_retry_at=state.retry_at,
+                    **error,
+                )
+            else:
+                self._emit(message, Status.FAILED, state.attempt, started_at=state.started_at, **error)
+        except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
+            self._hook_failed("after_process_message", message)
+
+    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+        state = self._state
+        if state.job_id != message.message_id:
+            return
+        state.job_id = None
+        try:
+            status = Status.CANCELLED if state.cancelled else Status.SKIPPED
+            self._emit(message, status, state.attempt)
+        except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
+            self._hook_failed("after_skip_message", message)
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        if not self.writer.close():
+            logger.error("Some status events could not be flushed at shutdown.")

@@ -1,0 +1,109 @@
+"""PostgresStatusStore: psycopg 3 with a small pool, straight to the database."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import PermanentStoreError, TransientStoreError
+from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent
+from .base import Outcome, encode_batch
+
+logger = logging.getLogger(__name__)
+
+APPLY_SQL = "select idx, job_id, outcome, reason from public.job_status_apply(%s::jsonb)"
+
+# SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
+# intervention (shutdown, cancel), and transaction rollbacks (deadlock, serialization).
+_TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
+
+
+def _reason_for(exc: BaseException) -> str:
+    if isinstance(exc, PoolTimeout | pg_errors.QueryCanceled):
+        return "timeout"
+    if isinstance(exc, pg_errors.TransactionRollback):
+        return "conflict"
+    return "connection"
+
+
+class PostgresStatusStore:
+    """Calls ``public.job_status_apply`` with psycopg: one statement per batch.
+
+    The pool is created on first use, so a store built before a fork opens its connections
+    in the child. ``prepare_threshold=None`` keeps it working through Supabase's transaction
+    pooler (no server-side prepared statements).
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_connections: int = 2,
+        timeout: float = 5.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
+        self._conninfo = conninfo
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._max_result_bytes = max_result_bytes
+        self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show the conninfo: it may hold a password
+        return f"PostgresStatusStore(max_connections={self._max_connections}, timeout={self._timeout})"
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    timeout=self._timeout,
+                    open=False,
+                    kwargs={
+                        "autocommit": True,
+                        "prepare_threshold": None,
+                        "connect_timeout": max(1, int(self._timeout)),
+                    },
+                    name="job-status",
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        if not events:
+            return []
+        payload = encode_batch(events, self._max_result_bytes)
+        try:
+            with self._get_pool().connection() as conn:
+                rows = conn.execute(APPLY_SQL, (payload,)).fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
+        except psycopg.Error as exc:
+            sqlstate = getattr(exc, "sqlstate", None) or ""
+            if sqlstate[:2] in _TRANSIENT_CLASSES:
+                raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
+            raise PermanentStoreError(_describe(exc), reason="rejected_batch") from exc
+        return [Outcome(job_id, outcome, reason) for _idx, job_id, outcome, reason in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """A message for logs: the error class and SQLSTATE, never the conninfo."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or type(exc).__name__
+    return f"{type(exc).__name__} ({sqlstate or 'no sqlstate'}): {text}"
