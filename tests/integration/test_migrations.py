@@ -1,0 +1,92 @@
+"""Migrations apply in order to a fresh database, are recorded as the Supabase CLI records them,
+and leave the schema the rest of the system relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from coursegen.migrate import MigrationError, applied_versions, list_migrations, migrate
+
+pytestmark = [pytest.mark.integration, pytest.mark.sql]
+
+
+def test_migrations_apply_in_order_to_a_fresh_database(empty_database_url: str) -> None:
+    files = list_migrations()
+    assert files, "there are migrations to apply"
+    assert [m.version for m in files] == sorted(m.version for m in files)
+
+    applied = migrate(empty_database_url)
+
+    assert applied == [m.version for m in files]
+    with psycopg.connect(empty_database_url) as conn:
+        assert applied_versions(conn) == {m.version for m in files}
+        names = dict(
+            conn.execute("select version, name from supabase_migrations.schema_migrations").fetchall()
+        )
+        assert names == {m.version: m.name for m in files}
+    # a second run finds nothing to do
+    assert migrate(empty_database_url) == []
+
+
+def test_migrations_apply_one_at_a_time(empty_database_url: str, tmp_path: Path) -> None:
+    """Each migration applies on top of the previous ones alone (append-only history)."""
+    files = list_migrations()
+    staged = tmp_path / "migrations"
+    staged.mkdir()
+    for migration in files:
+        (staged / migration.path.name).write_text(migration.sql)
+        assert migrate(empty_database_url, directory=staged) == [migration.version]
+
+
+def test_schema_has_what_the_system_relies_on(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'public' and table_name = 'job_status'"
+            )
+        }
+        assert {
+            "id", "job_id", "tenant_id", "user_id", "actor_name", "queue_name", "status", "progress",
+            "progress_message", "attempt", "result", "error_type", "error_message", "next_retry_at",
+            "enqueued_at", "started_at", "finished_at", "cancel_requested_at", "created_at", "updated_at",
+        } <= columns  # fmt: skip
+        rls = conn.execute(
+            "select relname, relrowsecurity from pg_class where oid in "
+            "('public.job_status'::regclass, 'public.organizations'::regclass)"
+        ).fetchall()
+        assert dict(rls) == {"job_status": True, "organizations": True}
+        published = conn.execute(
+            "select 1 from pg_publication_tables where pubname = 'supabase_realtime' "
+            "and schemaname = 'public' and tablename = 'job_status'"
+        ).fetchone()
+        assert published is not None, "job_status is in the supabase_realtime publication"
+        indexes = {
+            row[0] for row in conn.execute("select indexname from pg_indexes where tablename = 'job_status'")
+        }
+        assert {
+            "job_status_user_id_idx",
+            "job_status_tenant_status_idx",
+            "job_status_updated_at_idx",
+        } <= indexes
+
+
+def test_a_misnamed_migration_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "add_things.sql").write_text("select 1;")
+    with pytest.raises(MigrationError, match="YYYYMMDDHHMMSS"):
+        list_migrations(tmp_path)
+
+
+def test_a_failing_migration_is_rolled_back_and_not_recorded(empty_database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "20990101000000_broken.sql").write_text(
+        "create table public.half_done (id int);\nselect * from no_such_table;\n"
+    )
+    with pytest.raises(MigrationError, match="20990101000000_broken"):
+        migrate(empty_database_url, directory=tmp_path)
+    with psycopg.connect(empty_database_url) as conn:
+        assert "20990101000000" not in applied_versions(conn)
+        assert conn.execute("select to_regclass('public.half_done')").fetchone() == (None,)
