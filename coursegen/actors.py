@@ -8,6 +8,7 @@ writer thread, after the worker process has forked.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dramatiq
@@ -24,7 +25,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from middleware import JobStatusMiddleware, StatusWriter
+from middleware import JobStatusMiddleware, StatusWriter, progress
 from middleware.outbox import OutboxStore, RedisOutbox
 from middleware.stores.base import StatusStore
 
@@ -119,8 +120,16 @@ class CourseGenerationError(Exception):
 @dramatiq.actor(queue_name=QUEUE, track_status=True, throws=(CourseGenerationError,))
 def generate_course(payload: dict[str, Any]) -> dict[str, Any]:
     """Build a course from the payload's source material (the full pipeline is issue [3/6])."""
+    stages = ("ingest", "outline", "lessons", "quizzes", "assemble")
     sources = payload.get("sources") or []
-    words = sum(len(str(source.get("text", "")).split()) for source in sources if isinstance(source, dict))
-    if words < 50:
-        raise CourseGenerationError(f"the sources hold {words} words; a course needs at least 50")
+    words = 0
+    for number, stage in enumerate(stages):
+        progress.report(number * 100 // len(stages), stage)
+        if stage == "ingest":
+            texts = [str(s.get("text", "")) for s in sources if isinstance(s, dict)]
+            words = sum(len(text.split()) for text in texts)
+            if words < 50:
+                raise CourseGenerationError(f"the sources hold {words} words; a course needs at least 50")
+        if settings.demo_pace:
+            time.sleep(settings.demo_pace)
     return {"title": str(payload.get("title") or "Untitled course"), "sources": len(sources), "words": words}

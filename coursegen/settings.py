@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         None, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_AGE_MS", "max_age_ms")
     )
 
+    demo_pace: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="seconds each pipeline stage waits, so that a demo can be watched; 0 in production",
+        validation_alias=AliasChoices("COURSEGEN_DEMO_PACE", "demo_pace"),
+    )
+
     @model_validator(mode="after")
     def _check_store(self) -> Settings:
         if self.supabase_url and self.supabase_service_role_key is None:

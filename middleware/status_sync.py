@@ -21,7 +21,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
 from .errors import InvalidOwnerError
-from .events import MAX_ERROR_CHARS, Owner, Status, StatusEvent, clean_text
+from .events import MAX_ERROR_CHARS, MAX_PROGRESS_MESSAGE_CHARS, Owner, Status, StatusEvent, clean_text
 from .metrics import get_metrics
 from .writer import StatusWriter
 
@@ -73,6 +73,8 @@ class _AttemptState(threading.local):
         self.started_at: float | None = None
         self.retry_at: float | None = None
         self.cancelled = False
+        self.progress = -1
+        self.progress_at = 0.0
 
 
 class JobStatusMiddleware(Middleware):
@@ -94,11 +96,13 @@ class JobStatusMiddleware(Middleware):
         owner_of: OwnerExtractor = owner_from_payload,
         track_all: bool = False,
         is_cancel_requested: Callable[[str], bool] | None = None,
+        progress_interval: float = 0.25,
     ) -> None:
         self.writer = writer
         self.owner_of = owner_of
         self.track_all = track_all
         self.is_cancel_requested = is_cancel_requested
+        self.progress_interval = progress_interval
         self._state = _AttemptState()
         self._tracked: dict[str, bool] = {}
 
@@ -150,6 +154,30 @@ class JobStatusMiddleware(Middleware):
         except Exception:  # metrics must never turn a logged failure into a crash
             logger.debug("could not count a hook failure", exc_info=True)
 
+    def report_progress(self, message: Message[Any], percent: int, text: str | None = None) -> bool:
+        """Record progress of the message this thread is running (see middleware.progress).
+
+        Throttled: nothing unless the percentage changed, and at most one event every
+        ``progress_interval`` seconds (100% always goes through). True when an event was made.
+        """
+        state = self._state
+        if state.job_id != message.message_id:
+            return False
+        percent = max(0, min(100, int(percent)))
+        now = time.monotonic()
+        if percent == state.progress or (percent < 100 and now - state.progress_at < self.progress_interval):
+            return False
+        state.progress, state.progress_at = percent, now
+        self._emit(
+            message,
+            Status.ACTIVE,
+            state.attempt,
+            started_at=state.started_at,
+            progress=percent,
+            progress_message=None if text is None else clean_text(str(text), MAX_PROGRESS_MESSAGE_CHARS),
+        )
+        return True
+
     # -- hooks, in lifecycle order --------------------------------------------------------
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
@@ -180,6 +208,7 @@ class JobStatusMiddleware(Middleware):
         state.job_id = None
         state.cancelled = False
         state.retry_at = None
+        state.progress, state.progress_at = -1, 0.0
         try:
             if not self._is_tracked(broker, message.actor_name):
                 return
