@@ -269,6 +269,9 @@ class JobStatusMiddleware(Middleware):
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_skip_message", message)
 
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        self.writer.start()
+
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if not self.writer.close():
             logger.error("Some status events could not be flushed at shutdown.")

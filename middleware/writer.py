@@ -181,6 +181,13 @@ class StatusWriter:
             self._stopping = False
         return left == 0
 
+    def start(self) -> None:
+        """Start the thread now rather than at the first event (a worker must drain the
+        outbox even before it processes anything)."""
+        with self._cond:
+            if self._thread is None:
+                self._start()
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)

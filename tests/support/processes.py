@@ -1,0 +1,98 @@
+"""Real processes for end-to-end tests: the ``dramatiq`` CLI worker and a producer script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+# The producer: imports the app exactly as a user's script would, sends the payloads read from
+# stdin and prints the message ids; the writer flushes at interpreter exit.
+_PRODUCER = """
+import json, sys
+from coursegen.actors import generate_course
+out = []
+for item in json.load(sys.stdin):
+    try:
+        message = generate_course.send_with_options(args=(item["payload"],), **item.get("options", {}))
+        out.append({"job_id": message.message_id})
+    except Exception as exc:
+        out.append({"error": type(exc).__name__, "message": str(exc)})
+print(json.dumps(out))
+"""
+
+
+def app_env(**values: str) -> dict[str, str]:
+    """The environment of a subprocess: this one's, plus ``values`` (no stray app settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSEGEN_", "SUPABASE_"))}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    env.update(values)
+    return env
+
+
+def send_jobs(env: dict[str, str], payloads: list[dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
+    """Send ``generate_course`` jobs from a separate producer process."""
+    items = [{"payload": p, "options": options} for p in payloads]
+    done = subprocess.run(
+        [sys.executable, "-c", _PRODUCER],
+        input=json.dumps(items),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"producer failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+                raise AssertionError(f"worker did not stop within {timeout}s:\n{self.log[-3000:]}") from None
+        return self.process.returncode
+
+
+@contextmanager
+def dramatiq_worker(
+    env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
+) -> Iterator[Worker]:
+    """``dramatiq coursegen.actors`` as a subprocess, stopped with SIGTERM afterwards."""
+    command = [
+        str(BIN / "dramatiq"),
+        "coursegen.actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = Worker(process, log_path)
+    try:
+        yield worker
+    finally:
+        worker.stop()
