@@ -51,6 +51,14 @@ class RequireStatusStore(Middleware):
             raise StoreNotConfigured(NO_STORE_MESSAGE)
 
 
+class TrackStatusOption(Middleware):
+    """Stands in for the status middleware when sync is off (COURSEGEN_STATUS_SYNC=0)."""
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"track_status"}
+
+
 def make_store_factory(settings: Settings, outbox: RedisOutbox) -> Any:
     """A function building the configured store; called in the writer thread, after fork."""
     kind = settings.status_store()
@@ -103,8 +111,11 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware]:
         retry_seconds=settings.retry_seconds,
     )
     status = JobStatusMiddleware(writer)
-    broker.add_middleware(status, before=AgeLimit)
-    broker.add_middleware(RequireStatusStore(kind))
+    if settings.status_sync:
+        broker.add_middleware(status, before=AgeLimit)
+        broker.add_middleware(RequireStatusStore(kind))
+    else:  # actors still declare track_status=True; only the option is known, no hooks run
+        broker.add_middleware(TrackStatusOption())
     return broker, status
 
 

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         None, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_AGE_MS", "max_age_ms")
     )
 
+    status_sync: bool = Field(
+        True,
+        description="mirror job status into the store; off leaves the middleware out entirely",
+        validation_alias=AliasChoices("COURSEGEN_STATUS_SYNC", "status_sync"),
+    )
     demo_pace: float = Field(
         0.0,
         ge=0,
