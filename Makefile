@@ -9,7 +9,7 @@ PG15_BINDIR ?= /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: $(VENV) test test-pg15 demo lint clean
+.PHONY: $(VENV) test test-pg15 demo bench lint clean
 
 $(VENV): $(VENV_STAMP)
 
@@ -35,6 +35,11 @@ test-pg15: $(VENV)
 ## demo: embedded Redis + PostgreSQL, a worker and a producer (`coursegen dev`)
 demo: $(VENV)
 	$(VENV)/bin/coursegen dev
+
+## bench: status sync on vs off through the real dramatiq CLI (see benchmarks/README.md)
+BENCH_ARGS ?=
+bench: $(VENV)
+	$(VENV)/bin/python -m benchmarks.throughput $(BENCH_ARGS)
 
 lint: $(VENV)
 	$(VENV)/bin/ruff check .
