@@ -273,5 +273,14 @@ class JobStatusMiddleware(Middleware):
         self.writer.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        # Worker threads may still finish messages after this: only flush here.
+        self.writer.flush(timeout=self.writer.close_timeout)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        # The last point before a dramatiq worker process exits: it leaves through os._exit
+        # (multiprocessing), so atexit handlers would never run there.
         if not self.writer.close():
-            logger.error("Some status events could not be flushed at shutdown.")
+            logger.error(
+                "Some status events could not be flushed at shutdown.",
+                extra={"action": "sync_shutdown_incomplete"},
+            )
