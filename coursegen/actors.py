@@ -84,6 +84,8 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware]:
     """The Redis broker with the status middleware first in its list."""
     broker = RedisBroker(
         url=settings.redis_url.get_secret_value(),
+        heartbeat_timeout=settings.heartbeat_timeout_ms,
+        maintenance_chance=settings.maintenance_chance,
         middleware=[
             AgeLimit(max_age=settings.max_age_ms),
             TimeLimit(time_limit=settings.time_limit_ms),

@@ -80,6 +80,19 @@ class Settings(BaseSettings):
         None, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_AGE_MS", "max_age_ms")
     )
 
+    heartbeat_timeout_ms: int = Field(
+        30_000,
+        ge=5_000,
+        description="a worker silent this long is dead and its unacked messages are redelivered",
+        validation_alias=AliasChoices("COURSEGEN_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
+    )
+    maintenance_chance: int = Field(
+        50_000,
+        ge=1,
+        le=1_000_000,
+        description="Redis commands per million that run the dead-worker sweep (Dramatiq: 1000)",
+        validation_alias=AliasChoices("COURSEGEN_MAINTENANCE_CHANCE", "maintenance_chance"),
+    )
     status_sync: bool = Field(
         True,
         description="mirror job status into the store; off leaves the middleware out entirely",
