@@ -9,7 +9,7 @@ PG15_BINDIR ?= /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: $(VENV) test test-pg15 demo bench lint clean
+.PHONY: $(VENV) test test-faults test-pg15 demo bench lint clean
 
 $(VENV): $(VENV_STAMP)
 
@@ -21,7 +21,11 @@ $(VENV_STAMP): pyproject.toml
 ## test: ruff, then the whole pytest suite (pass options with PYTEST_ARGS="-k foo -x")
 test: $(VENV)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-faults: the whole fault-injection suite, slow scenarios included (tests/faults/README.md)
+test-faults: $(VENV)
+	$(VENV)/bin/python -m pytest tests/faults -s $(PYTEST_ARGS)
 
 ## test-pg15: the SQL tests again, on a Debian PostgreSQL 15 cluster instead of the embedded 18.
 ## pytest exits 5 when it collects no test: no `sql` test yet is not a failure here.
