@@ -2,7 +2,9 @@
 
 Late, duplicated and reordered events must converge: for any permutation of a job's events,
 with duplicates, split into any batches, the row ends the same as when the events arrive in
-order one by one. Applied through PostgresStatusStore, so the store is exercised too.
+order one by one. Every test runs on both stores: PostgresStatusStore (psycopg) and
+SupabaseStatusStore (the real supabase client, through the PostgREST stand-in), so the stores are
+exercised too.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from middleware.events import Owner, Status, StatusEvent
+from middleware.stores.base import StatusStore
 from middleware.stores.postgres import PostgresStatusStore
 from tests.support.db import create_database, create_owner, database_url_for, drop_database, fetch_rows
+from tests.support.stores import STORE_KINDS, open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
 
@@ -40,11 +44,10 @@ def sm_database(pg_admin_url: str, template_database: str) -> Iterator[str]:
         drop_database(pg_admin_url, name)
 
 
-@pytest.fixture(scope="module")
-def store(sm_database: str) -> Iterator[PostgresStatusStore]:
-    s = PostgresStatusStore(sm_database)
-    yield s
-    s.close()
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, sm_database: str) -> Iterator[StatusStore]:
+    with open_store(request.param, sm_database) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def scrambled(draw: st.DrawFn) -> tuple[int, Status, int, list[int], list[int]]:
 @given(case=scrambled())
 def test_any_order_with_duplicates_converges(
     case: tuple[int, Status, int, list[int], list[int]],
-    store: PostgresStatusStore,
+    store: StatusStore,
     owner: Owner,
     sm_database: str,
 ) -> None:
@@ -153,7 +156,7 @@ def test_any_order_with_duplicates_converges(
         assert expected["attempt"] == attempts
 
 
-def test_a_bad_event_is_rejected_alone(store: PostgresStatusStore, owner: Owner, sm_database: str) -> None:
+def test_a_bad_event_is_rejected_alone(store: StatusStore, owner: Owner, sm_database: str) -> None:
     good = [
         StatusEvent(f"good-{i}-{uuid.uuid4()}", Status.COMPLETED, 1, owner, "a", "q", 1000.0 + i)
         for i in range(3)
@@ -181,7 +184,7 @@ def test_a_bad_event_is_rejected_alone(store: PostgresStatusStore, owner: Owner,
     assert {row["status"] for row in rows.values()} == {"completed"}
 
 
-def test_a_terminal_row_never_goes_back(store: PostgresStatusStore, owner: Owner, sm_database: str) -> None:
+def test_a_terminal_row_never_goes_back(store: StatusStore, owner: Owner, sm_database: str) -> None:
     job = f"term-{uuid.uuid4()}"
     done = StatusEvent(job, Status.COMPLETED, 1, owner, "a", "q", 2000.0, result={"ok": True})
     later_noise = [
@@ -201,7 +204,7 @@ def test_a_terminal_row_never_goes_back(store: PostgresStatusStore, owner: Owner
 
 
 def test_progress_never_moves_backwards_within_an_attempt(
-    store: PostgresStatusStore, owner: Owner, sm_database: str
+    store: StatusStore, owner: Owner, sm_database: str
 ) -> None:
     job = f"prog-{uuid.uuid4()}"
     high = StatusEvent(job, Status.ACTIVE, 1, owner, "a", "q", 10.0, progress=70, progress_message="lessons")

@@ -1,0 +1,181 @@
+"""SupabaseStatusStore: the official ``supabase`` client, one PostgREST RPC per batch.
+
+Production workers write statuses through Supabase's REST API with the service-role key:
+``POST /rest/v1/rpc/job_status_apply`` with ``{"events": [...]}``, answered by the same SQL
+function the Postgres store calls. The client is built on first use, so a store constructed
+before a fork opens its connections in the child.
+
+The client's own timeout handling truncates a float to an int (0.5 s becomes 0), so the store
+hands it an ``httpx.Client`` with an explicit ``httpx.Timeout``. PostgREST's error objects carry
+no HTTP status, so a response hook on that client remembers it. POST is never retried by the
+client: the writer's retries are the only ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import SecretStr
+
+from ..errors import PermanentStoreError, TransientStoreError
+from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent, clean_text, redact
+from .base import Outcome, encode_batch
+
+if TYPE_CHECKING:
+    from supabase import Client
+
+logger = logging.getLogger(__name__)
+
+RPC_FUNCTION = "job_status_apply"
+
+#: PostgREST's own codes for "the database is unreachable right now": could not connect (000),
+#: internal connection error (001), schema cache not loaded (002), pool acquisition timeout (003).
+_TRANSIENT_PGRST = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
+_MAX_DETAIL_CHARS = 300
+
+
+class SupabaseStatusStore:
+    """Calls ``public.job_status_apply`` through PostgREST with the service-role key.
+
+    Parameters:
+      url: the project URL (``https://<ref>.supabase.co``).
+      service_key: the service-role key; kept as a ``SecretStr``, never shown in a repr, a log
+        line or an error message.
+      timeout: seconds for connect, read, write and pool waits of the client this store creates.
+      http_client: an ``httpx.Client`` to use instead (tests hand one with their own transport);
+        the store adds a response hook to it and leaves closing it to its owner.
+      max_result_bytes: results larger than this (encoded JSON) are replaced by a summary.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service_key: SecretStr | str,
+        *,
+        timeout: float = 5.0,
+        http_client: httpx.Client | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
+        self._url = url
+        self._key = service_key if isinstance(service_key, SecretStr) else SecretStr(service_key)
+        self._timeout = timeout
+        self._given_http = http_client
+        self._max_result_bytes = max_result_bytes
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the HTTP status of this thread's last response
+        self._http: httpx.Client | None = None
+        self._client: Client | None = None
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (s := ref()) and s._forget())
+
+    def __repr__(self) -> str:
+        return f"SupabaseStatusStore(url={redact(self._url)!r}, timeout={self._timeout})"
+
+    def _forget(self) -> None:
+        """In a forked child: drop the parent's client (its sockets belong to the parent)."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._http = None
+        self._client = None
+
+    def _remember_status(self, response: httpx.Response) -> None:
+        self._local.status = response.status_code
+
+    def _get_client(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                from supabase.lib.client_options import SyncClientOptions
+
+                from supabase import create_client
+
+                if self._given_http is not None:
+                    http = self._given_http
+                    if self._remember_status not in http.event_hooks["response"]:
+                        http.event_hooks["response"].append(self._remember_status)
+                else:
+                    http = self._http = httpx.Client(
+                        timeout=httpx.Timeout(self._timeout),
+                        event_hooks={"response": [self._remember_status]},
+                    )
+                self._client = create_client(
+                    self._url,
+                    self._key.get_secret_value(),
+                    options=SyncClientOptions(
+                        httpx_client=http,
+                        auto_refresh_token=False,
+                        persist_session=False,
+                        postgrest_client_retry=False,
+                    ),
+                )
+            return self._client
+
+    def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        if not events:
+            return []
+        # The project's encoder never emits NaN, lone surrogates or NUL; the client re-encodes
+        # plain JSON values only.
+        params = {"events": json.loads(encode_batch(events, self._max_result_bytes))}
+        from postgrest.exceptions import APIError
+
+        self._local.status = None
+        try:
+            response = self._get_client().rpc(RPC_FUNCTION, params).execute()
+        except httpx.TimeoutException as exc:
+            raise TransientStoreError(
+                f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise TransientStoreError(
+                f"cannot reach Supabase: {type(exc).__name__}: {self._clean(str(exc))}", reason="connection"
+            ) from exc
+        except APIError as exc:
+            raise self._error_for(getattr(self._local, "status", None), exc) from exc
+        return self._outcomes(response.data, len(events))
+
+    def _error_for(self, status: int | None, exc: Any) -> TransientStoreError | PermanentStoreError:
+        code = str(exc.code or "")
+        text = f"PostgREST answered HTTP {status or '?'} ({code or 'no code'}): {self._clean(exc.message)}"
+        if code in _TRANSIENT_PGRST:
+            return TransientStoreError(text, reason="connection")
+        if status == 408:
+            return TransientStoreError(text, reason="http_408")
+        if status == 429:
+            return TransientStoreError(text, reason="http_429")
+        if status is None or status >= 500:
+            return TransientStoreError(text, reason="http_5xx")
+        return PermanentStoreError(text, reason="rejected_batch")
+
+    def _outcomes(self, data: Any, expected: int) -> list[Outcome]:
+        try:
+            rows = sorted(data, key=lambda row: row["idx"])
+            outcomes = [Outcome(row["job_id"], row["outcome"], row.get("reason")) for row in rows]
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise PermanentStoreError(
+                f"unexpected answer from {RPC_FUNCTION}: {type(data).__name__}", reason="bad_response"
+            ) from exc
+        if len(outcomes) != expected:
+            raise PermanentStoreError(
+                f"{RPC_FUNCTION} answered {len(outcomes)} outcomes for {expected} events",
+                reason="bad_response",
+            )
+        return outcomes
+
+    def _clean(self, text: Any) -> str:
+        """Server or driver text made safe for a message: no key, nothing long."""
+        text = clean_text(str(text or ""), _MAX_DETAIL_CHARS)
+        secret = self._key.get_secret_value()
+        return text.replace(secret, "[REDACTED]") if secret else text
+
+    def close(self) -> None:
+        """Close the HTTP client this store created; the next ``apply`` builds a new one."""
+        with self._lock:
+            http, self._http, self._client = self._http, None, None
+        if http is not None:
+            http.close()
