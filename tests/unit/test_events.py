@@ -1,0 +1,221 @@
+"""StatusEvent encoding (never raises, always valid JSON) and secret redaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from middleware.events import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_ERROR_CHARS,
+    Owner,
+    Status,
+    StatusEvent,
+    clean_text,
+    redact,
+)
+
+from .conftest import make_event
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UifQ"
+    ".Xb0dI7Pq3mH2c9ZkQx4-_rT8uVw1sYz0aBcDeFgHiJk"
+)
+
+
+def completed_with(result: Any) -> StatusEvent:
+    return make_event("job-1", Status.COMPLETED, 1, event_at=1_800_000_000.25, result=result)
+
+
+def decode(text: str) -> dict[str, Any]:
+    """Parse as strict JSON (no NaN/Infinity) and check it can travel as UTF-8."""
+    text.encode("utf-8")
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    doc = json.loads(text, parse_constant=refuse)
+    assert isinstance(doc, dict)
+    return doc
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        raise RuntimeError("even repr fails")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(float("nan"), id="nan"),
+        pytest.param({"score": float("inf")}, id="nested-infinity"),
+        pytest.param({"when": object()}, id="object"),
+        pytest.param([Opaque()], id="object-whose-repr-raises"),
+        pytest.param({(1, 2): "tuple key"}, id="tuple-key"),
+        pytest.param({1, 2, 3}, id="set"),
+        pytest.param(10**5000, id="int-beyond-str-limit"),
+    ],
+)
+def test_to_json_summarizes_a_result_that_is_not_json(result: Any) -> None:
+    event = completed_with(result)
+
+    doc = decode(event.to_json())
+
+    assert doc["result"]["_unstorable"] is True
+    assert isinstance(doc["result"]["reason"], str) and doc["result"]["reason"]
+    assert (doc["job_id"], doc["status"], doc["attempt"]) == ("job-1", "completed", 1)
+    assert event.result is result  # the event itself is untouched
+
+
+def test_to_json_summarizes_a_circular_result() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+
+    doc = decode(completed_with(loop).to_json())
+
+    assert doc["result"]["_unstorable"] is True
+
+
+def test_to_json_truncates_an_oversized_result() -> None:
+    result = {"lessons": ["x" * 1000] * 400}  # ~400 kB encoded
+    encoded_size = len(json.dumps(result, ensure_ascii=False).encode())
+
+    doc = decode(completed_with(result).to_json())
+
+    summary = doc["result"]
+    assert summary["_truncated"] is True
+    assert summary["size_bytes"] == encoded_size
+    assert summary["limit_bytes"] == DEFAULT_MAX_RESULT_BYTES
+    assert summary["preview"].startswith('{"lessons": ["xxx')
+    assert len(summary["preview"]) <= 500
+    assert doc["status"] == "completed"
+
+
+def test_to_json_honours_a_smaller_result_limit() -> None:
+    doc = decode(completed_with("y" * 200).to_json(max_result_bytes=100))
+    assert doc["result"]["_truncated"] is True
+    assert doc["result"]["limit_bytes"] == 100
+
+
+def test_to_json_keeps_a_result_just_under_the_limit() -> None:
+    result = "z" * 98  # 100 bytes once quoted
+    doc = decode(completed_with(result).to_json(max_result_bytes=100))
+    assert doc["result"] == result
+
+
+def test_to_json_cleans_nul_and_lone_surrogates() -> None:
+    event = completed_with({"text": "a\x00b", "bad": "\ud800x"})
+    event.error_message = "boom\x00"
+
+    doc = decode(event.to_json())
+
+    assert "\x00" not in json.dumps(doc)
+    assert doc["result"]["text"] == "ab"
+    assert doc["result"]["bad"].endswith("x") and "\ud800" not in doc["result"]["bad"]
+
+
+def test_to_json_drops_absent_fields_and_round_trips() -> None:
+    event = make_event(
+        "job-7",
+        Status.RETRYING,
+        2,
+        event_at=1_800_000_001.5,
+        owner=Owner(str(uuid.uuid4()), str(uuid.uuid4())),
+        started_at=1_800_000_000.0,
+        error_type="RuntimeError",
+        error_message="boom",
+        next_retry_at=1_800_000_010.0,
+    )
+    doc = decode(event.to_json())
+
+    assert "result" not in doc and "progress" not in doc
+    again = StatusEvent.from_dict(doc)
+    assert again.as_dict() == event.as_dict()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: middleware/events.py StatusEvent.to_json catches only TypeError/ValueError from "
+        "json.dumps; a deeply nested result raises RecursionError out of to_json (and so out of "
+        "RedisOutbox.push and encode_batch)"
+    ),
+)
+def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
+    deep: list[Any] = []
+    node = deep
+    for _ in range(100_000):
+        child: list[Any] = []
+        node.append(child)
+        node = child
+
+    doc = decode(completed_with(deep).to_json())
+
+    assert doc["result"]["_unstorable"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        pytest.param(f"supabase said 401 for key {JWT}", JWT, id="jwt"),
+        pytest.param(f"apikey={JWT}", JWT, id="jwt-in-assignment"),
+        pytest.param("Authorization: Bearer abc123DEF456ghi789", "abc123DEF456ghi789", id="bearer"),
+        pytest.param(
+            "could not connect to postgresql://postgres:s3cr3t-Pa55@db.abc.supabase.co:5432/postgres",
+            "s3cr3t-Pa55",
+            id="password-in-url",
+        ),
+        pytest.param(
+            "Error connecting to redis://:hunter2hunter2@cache:6379/0",
+            "hunter2hunter2",
+            id="password-only-url",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "BUG: middleware/events.py _SECRET_PATTERNS: the URL pattern needs a non-empty user"
+                    " ([^:/@\\s]+), so the password of redis://:password@host (the usual REDIS_URL "
+                    "form) is not redacted"
+                ),
+            ),
+        ),
+        pytest.param("login failed: password=swordfish", "swordfish", id="password-assignment"),
+        pytest.param("SUPABASE_SERVICE_KEY: sb_secret_AbCdEf123456789", "AbCdEf123456789", id="sb-secret"),
+    ],
+)
+def test_redact_removes_secrets(text: str, secret: str) -> None:
+    cleaned = redact(text)
+
+    assert secret not in cleaned
+    assert "[REDACTED]" in cleaned
+
+
+def test_redact_leaves_ordinary_text_alone() -> None:
+    text = "Lesson 3 of 7: photosynthesis at https://example.com/courses/42 (HTTP 503)"
+    assert redact(text) == text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: middleware/events.py redact() rebuilds every two-group match as "
+        "group(1)+group(2)+'[REDACTED]', right for 'password=' but wrong for the URL pattern whose "
+        "group(2) is the '@': 'user:s3cret@host' becomes 'user:@[REDACTED]host', which garbles the host"
+        " in error messages"
+    ),
+)
+def test_redact_keeps_the_shape_of_a_url() -> None:
+    cleaned = redact("connect to postgresql://postgres:s3cret@db.example.com:5432/app failed")
+    assert cleaned == "connect to postgresql://postgres:[REDACTED]@db.example.com:5432/app failed"
+
+
+def test_clean_text_caps_and_redacts_error_messages() -> None:
+    text = f"token={JWT} " + "e" * 10_000
+    cleaned = clean_text(text, MAX_ERROR_CHARS)
+
+    assert len(cleaned) <= MAX_ERROR_CHARS
+    assert cleaned.endswith("[truncated]")
+    assert JWT not in cleaned
