@@ -30,6 +30,13 @@ create schema if not exists auth;
 grant usage on schema auth to anon, authenticated, service_role;
 grant usage on schema public to anon, authenticated, service_role;
 
+-- As on Supabase, whatever the migrating role creates in public is granted to the API roles by
+-- default: a migration must revoke what it does not mean to expose (tests/integration/test_access.py
+-- lists what is left).
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+
 create table if not exists auth.users (
   id uuid primary key,
   email text unique,

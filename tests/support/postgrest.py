@@ -482,7 +482,7 @@ class PostgrestStandIn(httpx.BaseTransport):
         table = sql.Identifier(schema, name)
         self._check_table(schema, name)
         method = request.method.upper()
-        where, values = _filters(request)
+        where, values = _filters(request, schema, name)
         representation = "return=representation" in request.headers.get("prefer", "")
         if method in ("GET", "HEAD"):
             query = sql.SQL(
@@ -633,7 +633,7 @@ def _columns(request: httpx.Request) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _filters(request: httpx.Request) -> tuple[sql.Composable, dict[str, Any]]:
+def _filters(request: httpx.Request, schema: str, table: str) -> tuple[sql.Composable, dict[str, Any]]:
     conditions: list[sql.Composable] = []
     values: dict[str, Any] = {}
     for i, (column, expression) in enumerate(request.url.params.multi_items()):
@@ -641,7 +641,7 @@ def _filters(request: httpx.Request) -> tuple[sql.Composable, dict[str, Any]]:
             continue
         op, _, value = expression.partition(".")
         key = f"f{i}"
-        target = sql.Identifier(column)
+        target = sql.Identifier(schema, table, column)
         if op in _FILTER_OPS:
             conditions.append(
                 sql.SQL("{} {} {}").format(target, sql.SQL(_FILTER_OPS[op]), sql.Placeholder(key))
@@ -712,3 +712,20 @@ def serve(transport: httpx.BaseTransport, host: str = "127.0.0.1") -> Iterator[s
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def supabase_client(http: httpx.Client, key: str, access_token: str | None = None) -> Any:
+    """The real ``supabase`` client on ``http``: ``key`` as the API key and, as a signed-in
+    browser does, ``access_token`` (a user's JWT) as the bearer when given."""
+    from supabase.lib.client_options import SyncClientOptions
+
+    from supabase import create_client
+
+    headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
+    return create_client(
+        STAND_IN_URL,
+        key,
+        options=SyncClientOptions(
+            httpx_client=http, headers=headers, auto_refresh_token=False, persist_session=False
+        ),
+    )
