@@ -46,15 +46,19 @@ _SECRET_PATTERNS = (
     re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
     re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bsb_(secret|publishable)_[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+(@)"),
     re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|service[_-]?key|token)(\s*[=:]\s*)\S+"),
 )
+
+_URL_PASSWORD = _SECRET_PATTERNS[3]
 
 
 def redact(text: str) -> str:
     """Blank out anything in ``text`` that looks like a key, token or password."""
     for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 2:
+        if pattern is _URL_PASSWORD:
+            text = pattern.sub(lambda m: f"{m.group(1)}[REDACTED]{m.group(2)}", text)
+        elif pattern.groups >= 2:
             text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
         elif pattern.groups == 1:
             text = pattern.sub(lambda m: f"{m.group(1)} [REDACTED]", text)
@@ -185,7 +189,7 @@ class StatusEvent:
         if "result" in doc:
             try:
                 encoded = json.dumps(doc["result"], allow_nan=False, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError, OverflowError) as exc:
                 doc["result"] = {"_unstorable": True, "reason": clean_text(str(exc), 300)}
             else:
                 size = len(encoded.encode("utf-8", "surrogatepass"))

@@ -17,17 +17,22 @@ from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware
+from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
-from .errors import InvalidOwnerError
+from .errors import InvalidOwnerError, JobCancelled
 from .events import MAX_ERROR_CHARS, MAX_PROGRESS_MESSAGE_CHARS, Owner, Status, StatusEvent, clean_text
 from .metrics import get_metrics
+from .validation import add_throws
 from .writer import StatusWriter
 
 logger = logging.getLogger(__name__)
 
 OwnerExtractor = Callable[[Message[Any]], Owner | None]
+
+#: message option set on a tracked message when it is first enqueued
+SENT_OPTION = "status_sent"
 
 
 def owner_from_payload(message: Message[Any]) -> Owner | None:
@@ -47,9 +52,9 @@ def check_owner(owner: Owner | None) -> str | None:
         return "the payload must carry 'tenant_id' and 'user_id'"
     for name, value in zip(("tenant_id", "user_id"), owner, strict=True):
         try:
-            uuid.UUID(value)
+            uuid.UUID(str(value))
         except (ValueError, AttributeError, TypeError):
-            return f"{name} must be a UUID, got {value[:60]!r}"
+            return f"{name} must be a UUID, got {str(value)[:60]!r}"
     return None
 
 
@@ -75,6 +80,8 @@ class _AttemptState(threading.local):
         self.cancelled = False
         self.progress = -1
         self.progress_at = 0.0
+        self.cancel_checked_at = 0.0
+        self.fresh = False  # set by before_enqueue for after_enqueue, same thread
 
 
 class JobStatusMiddleware(Middleware):
@@ -85,8 +92,11 @@ class JobStatusMiddleware(Middleware):
       owner_of: extracts the job's owner from a message (default: the payload's
         ``tenant_id`` and ``user_id``).
       track_all: track every actor; otherwise only actors declared with ``track_status=True``.
-      is_cancel_requested: ``job_id -> bool``, consulted before a message runs; a job whose
-        cancellation was requested is skipped and ends ``cancelled``.
+      is_cancel_requested: ``job_id -> bool``, consulted before a message runs (a job whose
+        cancellation was requested is skipped and ends ``cancelled``) and, at most every
+        ``cancel_check_interval`` seconds, at the running job's progress checkpoints
+        (:meth:`check_cancelled` raises :class:`~middleware.errors.JobCancelled`, which ends
+        the job ``cancelled`` and is never retried).
     """
 
     def __init__(
@@ -97,12 +107,14 @@ class JobStatusMiddleware(Middleware):
         track_all: bool = False,
         is_cancel_requested: Callable[[str], bool] | None = None,
         progress_interval: float = 0.25,
+        cancel_check_interval: float = 0.5,
     ) -> None:
         self.writer = writer
         self.owner_of = owner_of
         self.track_all = track_all
         self.is_cancel_requested = is_cancel_requested
         self.progress_interval = progress_interval
+        self.cancel_check_interval = cancel_check_interval
         self._state = _AttemptState()
         self._tracked: dict[str, bool] = {}
 
@@ -122,6 +134,8 @@ class JobStatusMiddleware(Middleware):
 
     def _emit(self, message: Message[Any], status: Status, attempt: int, **fields: Any) -> None:
         owner = self.owner_of(message)
+        if owner is not None:
+            owner = Owner(str(owner[0]), str(owner[1]))
         if owner is None:
             get_metrics().failures.labels("no_owner").inc()
             logger.error(
@@ -136,7 +150,7 @@ class JobStatusMiddleware(Middleware):
                 attempt,
                 owner,
                 message.actor_name,
-                message.queue_name,
+                q_name(message.queue_name),  # a delayed message sits on "<queue>.DQ"
                 round(time.time(), 6),
                 enqueued_at=message.message_timestamp / 1000,
                 **fields,
@@ -153,6 +167,28 @@ class JobStatusMiddleware(Middleware):
             get_metrics().failures.labels("hook").inc()
         except Exception:  # metrics must never turn a logged failure into a crash
             logger.debug("could not count a hook failure", exc_info=True)
+
+    def check_cancelled(self, message: Message[Any]) -> None:
+        """Raise :class:`JobCancelled` when cancellation of the running job was requested.
+
+        Throttled: the flag is read at most every ``cancel_check_interval`` seconds per job
+        (and was read when the job started). A failure to read it is logged, never raised.
+        """
+        state = self._state
+        if self.is_cancel_requested is None or state.job_id != message.message_id:
+            return
+        now = time.monotonic()
+        if now - state.cancel_checked_at < self.cancel_check_interval:
+            return
+        state.cancel_checked_at = now
+        try:
+            requested = self.is_cancel_requested(message.message_id)
+        except Exception:  # noqa: BLE001 - a checkpoint never fails the job; logged and counted
+            self._hook_failed("check_cancelled", message)
+            return
+        if requested:
+            state.cancelled = True
+            raise JobCancelled(message.message_id)
 
     def report_progress(self, message: Message[Any], percent: int, text: str | None = None) -> bool:
         """Record progress of the message this thread is running (see middleware.progress).
@@ -180,26 +216,41 @@ class JobStatusMiddleware(Middleware):
 
     # -- hooks, in lifecycle order --------------------------------------------------------
 
+    def after_declare_actor(self, broker: Broker, actor: Any) -> None:
+        self._tracked.pop(actor.actor_name, None)
+        if actor.options.get("track_status", self.track_all):
+            add_throws(actor, JobCancelled)  # a cancelled job is never retried
+
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        if "retries" in message.options or (delay is None and "eta" in message.options):
-            return  # a retry copy, or a delayed message coming back from the delay queue
+        self._state.fresh = False
         if not self._is_tracked(broker, message.actor_name):
             return
-        problem = check_owner(self.owner_of(message))
+        if SENT_OPTION in message.options or "retries" in message.options:
+            return  # a retry copy, or a delayed message coming back from the delay queue
+        try:
+            owner = self.owner_of(message)
+        except Exception as exc:
+            raise InvalidOwnerError(message.actor_name, f"could not read the owner: {exc}") from exc
+        problem = check_owner(owner)
         if problem is not None:
             raise InvalidOwnerError(message.actor_name, problem)
+        # Marks the message as announced: Dramatiq strips "eta" from a delayed message when it
+        # moves back from the delay queue, so only a mark of our own tells that enqueue apart.
+        message.options[SENT_OPTION] = 1
+        self._state.fresh = True
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         try:
-            if not self._is_tracked(broker, message.actor_name):
-                return
-            if "retries" in message.options:
-                if delay is not None:  # Retries re-enqueued it from this worker thread
-                    self._state.retry_at = message.options["eta"] / 1000
-                return
-            if delay is None and "eta" in message.options:
-                return  # moved back from the delay queue by a consumer thread
-            self._emit(message, Status.PENDING, 0)
+            fresh, self._state.fresh = self._state.fresh, False
+            if fresh:
+                self._emit(message, Status.PENDING, 0)
+            elif (
+                "retries" in message.options
+                and delay is not None
+                and self._is_tracked(broker, message.actor_name)
+            ):
+                # Retries re-enqueued it from this worker thread: remember when it runs again
+                self._state.retry_at = message.options["eta"] / 1000
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_enqueue", message)
 
@@ -209,6 +260,7 @@ class JobStatusMiddleware(Middleware):
         state.cancelled = False
         state.retry_at = None
         state.progress, state.progress_at = -1, 0.0
+        state.cancel_checked_at = time.monotonic()
         try:
             if not self._is_tracked(broker, message.actor_name):
                 return
@@ -241,6 +293,15 @@ class JobStatusMiddleware(Middleware):
             if exception is None:
                 self._emit(
                     message, Status.COMPLETED, state.attempt, started_at=state.started_at, result=result
+                )
+                return
+            if isinstance(exception, JobCancelled):
+                self._emit(
+                    message,
+                    Status.CANCELLED,
+                    state.attempt,
+                    started_at=state.started_at,
+                    progress=max(state.progress, 0),
                 )
                 return
             error = _error_fields(exception)

@@ -226,7 +226,7 @@ class StatusWriter:
                 except Exception:  # a bug here must not end the thread nor lose the batch
                     logger.exception("Status writer failed on a batch.", extra={"action": "sync_error"})
                     metrics.failures.labels("error").inc()
-                    self._spill(metrics, batch)
+                    self._spill_or_drop(metrics, batch)
                 finally:
                     with self._cond:
                         self._inflight -= len(batch)
@@ -314,7 +314,7 @@ class StatusWriter:
                 | stop_after_delay(self.retry_seconds)
                 | (lambda _state: self._stopping)
             ),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.1),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             retry=retry_if_exception_type(TransientStoreError),
             before_sleep=before_sleep_log(logger, logging.WARNING),
             sleep=self._sleep,
@@ -365,6 +365,18 @@ class StatusWriter:
             return
         self._requeue(events)
         self._sleep(min(self.probe_interval, 0.5))  # do not spin while everything is down
+
+    def _spill_or_drop(self, metrics: SyncMetrics, events: list[StatusEvent]) -> None:
+        """Spill after an unexpected error; if even that fails, count and log the loss."""
+        try:
+            self._spill(metrics, events)
+        except Exception:
+            metrics.failures.labels("lost").inc(len(events))
+            logger.exception(
+                "Could not spill %d status events after an error; they are lost.",
+                len(events),
+                extra={"action": "sync_lost", "reason": "lost"},
+            )
 
     def _requeue(self, events: Iterable[StatusEvent]) -> None:
         """Put events back in the buffer, under newer news for the same job."""

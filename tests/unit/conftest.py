@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -42,20 +41,6 @@ from middleware.stores.base import APPLIED, Outcome
 from middleware.writer import StatusWriter
 
 WRITER_THREAD = "job-status-writer"
-
-#: middleware/writer.py builds its tenacity policy with ``wait_exponential_jitter(initial=...)``,
-#: deprecated by the installed tenacity; under this project's ``filterwarnings = error`` the warning
-#: is raised in the writer thread and no batch is ever written. That bug is pinned by the strict
-#: xfail ``test_writer.py::test_writer_writes_while_deprecation_warnings_are_errors``; every other
-#: unit test ignores exactly this one warning so that it can test something else.
-TENACITY_INITIAL_DEPRECATION = "ignore:The 'initial' parameter is deprecated:DeprecationWarning"
-_HERE = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.is_relative_to(_HERE):
-            item.add_marker(pytest.mark.filterwarnings(TENACITY_INITIAL_DEPRECATION))
 
 
 def owner_payload(**extra: Any) -> dict[str, Any]:

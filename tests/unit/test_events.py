@@ -137,14 +137,6 @@ def test_to_json_drops_absent_fields_and_round_trips() -> None:
     assert again.as_dict() == event.as_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: middleware/events.py StatusEvent.to_json catches only TypeError/ValueError from "
-        "json.dumps; a deeply nested result raises RecursionError out of to_json (and so out of "
-        "RedisOutbox.push and encode_batch)"
-    ),
-)
 def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
     deep: list[Any] = []
     node = deep
@@ -173,14 +165,6 @@ def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
             "Error connecting to redis://:hunter2hunter2@cache:6379/0",
             "hunter2hunter2",
             id="password-only-url",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: middleware/events.py _SECRET_PATTERNS: the URL pattern needs a non-empty user"
-                    " ([^:/@\\s]+), so the password of redis://:password@host (the usual REDIS_URL "
-                    "form) is not redacted"
-                ),
-            ),
         ),
         pytest.param("login failed: password=swordfish", "swordfish", id="password-assignment"),
         pytest.param("SUPABASE_SERVICE_KEY: sb_secret_AbCdEf123456789", "AbCdEf123456789", id="sb-secret"),
@@ -198,15 +182,6 @@ def test_redact_leaves_ordinary_text_alone() -> None:
     assert redact(text) == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: middleware/events.py redact() rebuilds every two-group match as "
-        "group(1)+group(2)+'[REDACTED]', right for 'password=' but wrong for the URL pattern whose "
-        "group(2) is the '@': 'user:s3cret@host' becomes 'user:@[REDACTED]host', which garbles the host"
-        " in error messages"
-    ),
-)
 def test_redact_keeps_the_shape_of_a_url() -> None:
     cleaned = redact("connect to postgresql://postgres:s3cret@db.example.com:5432/app failed")
     assert cleaned == "connect to postgresql://postgres:[REDACTED]@db.example.com:5432/app failed"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
@@ -267,15 +266,6 @@ def test_retry_copies_are_not_new_pending_events(harness: Harness) -> None:
     assert len(_retry_copies(harness, message.message_id)) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: middleware/status_sync.py JobStatusMiddleware.after_enqueue (and before_enqueue) expect a"
-        " message moved back from the delay queue to still carry options['eta'], but Dramatiq 2.2's "
-        "Worker.handle_delayed_messages deletes 'eta' from the copy it re-enqueues, so after_enqueue "
-        "emits a second pending"
-    ),
-)
 def test_delayed_message_returning_from_the_delay_queue_is_not_a_new_pending(harness: Harness) -> None:
     @harness.actor
     def build_course(payload: dict[str, Any]) -> None:
@@ -289,14 +279,6 @@ def test_delayed_message_returning_from_the_delay_queue_is_not_a_new_pending(har
     assert harness.writer.statuses(job_id).count(Status.PENDING) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: middleware/status_sync.py JobStatusMiddleware._emit uses message.queue_name, which for a "
-        "delayed send is the delay queue 'courses.DQ'; the SQL upsert never updates queue_name, so the "
-        "row keeps the internal name"
-    ),
-)
 def test_pending_of_a_delayed_message_names_the_actors_queue(harness: Harness) -> None:
     @harness.actor(queue_name="courses")
     def build_course(payload: dict[str, Any]) -> None:

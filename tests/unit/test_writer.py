@@ -213,15 +213,6 @@ def test_a_batch_larger_than_max_batch_is_split(make_writer: WriterFactory) -> N
     assert set(store.threads) == {WRITER_THREAD}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: middleware/writer.py StatusWriter._apply builds its retry policy with "
-        "wait_exponential_jitter(initial=...), deprecated in the installed tenacity 9.2; with "
-        "DeprecationWarning as an error (this project's filterwarnings = error, or python -W error) "
-        "every batch raises in the writer thread, is requeued, and nothing is ever written"
-    ),
-)
 def test_writer_writes_while_deprecation_warnings_are_errors(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store, flush_interval=0.01)
