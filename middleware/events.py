@@ -40,14 +40,19 @@ MAX_PROGRESS_MESSAGE_CHARS = 500
 #: results larger than this (encoded JSON) are replaced by a summary
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024
 
-# Things that look like credentials: JWTs (Supabase keys are JWTs), bearer tokens, secret keys,
-# passwords in connection strings.
+# Things that look like credentials: JWTs (Supabase keys are JWTs), bearer and basic credentials,
+# secret keys, passwords in connection strings (an unencoded '@' in the password included), and
+# assignments of anything named like a secret (PGPASSWORD=..., "password": "...",
+# SUPABASE_SERVICE_ROLE_KEY=...).
 _SECRET_PATTERNS = (
     re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bsb_(secret|publishable)_[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+(@)"),
-    re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|service[_-]?key|token)(\s*[=:]\s*)\S+"),
+    re.compile(r"(?i)(://[^:/@\s]*:)[^\s/]+(@)"),
+    re.compile(
+        r"(?i)\b(\w*(?:password|passwd|pwd|secret|api[_-]?key|service[_-]?(?:role[_-]?)?key|token)[\"']?)"
+        r"(\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
+    ),
 )
 
 _URL_PASSWORD = _SECRET_PATTERNS[3]

@@ -1,0 +1,249 @@
+"""The service-role key never leaks: not in logs (at DEBUG, with httpx's own records), exception
+messages, tracebacks, reprs or the metrics exposition; and an actor's error message is stored
+redacted and capped, whatever secrets it quotes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import httpx
+import prometheus_client
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit
+from pydantic import SecretStr
+
+from coursegen.settings import Settings
+from middleware.errors import StoreError
+from middleware.events import MAX_ERROR_CHARS, Owner, Status, StatusEvent
+from middleware.outbox import RedisOutbox
+from middleware.status_sync import JobStatusMiddleware
+from middleware.stores.supabase import SupabaseStatusStore
+from middleware.writer import StatusWriter
+from tests.support.db import create_owner, fetch_rows, wait_for
+from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, mint_jwt, serve, service_key
+
+pytestmark = [pytest.mark.integration]
+
+
+def fragments(key: str) -> list[str]:
+    """The key and its signature: neither may show anywhere."""
+    return [key, key.rsplit(".", 1)[-1]]
+
+
+def assert_hidden(key: str, text: str, where: str) -> None:
+    for fragment in fragments(key):
+        assert fragment not in text, f"the key shows in {where}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def rest_url(database_url: str) -> Iterator[str]:
+    stand_in = PostgrestStandIn(database_url)
+    with serve(stand_in) as url:
+        yield url
+    stand_in.close()
+
+
+@pytest.fixture
+def down_rest_url() -> Iterator[str]:
+    """PostgREST whose database is down: every request answers 503."""
+    stand_in = PostgrestStandIn(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    with serve(stand_in) as url:
+        yield url
+
+
+def run_writer(
+    store_factory: Callable[[], SupabaseStatusStore], events: list[StatusEvent], **kw: Any
+) -> None:
+    writer = StatusWriter(store_factory, flush_interval=0.01, sleep=lambda _s: None, **kw)
+    for event in events:
+        writer.submit(event)
+    assert writer.flush(timeout=30)
+    assert writer.close(timeout=30)
+
+
+def test_the_key_never_reaches_the_logs_or_the_metrics(
+    caplog: pytest.LogCaptureFixture, database_url: str, rest_url: str, down_rest_url: str, redis_url: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = service_key()
+    forged = mint_jwt("service_role", secret="a-secret-that-is-not-the-projects-at-all-xx")
+    owner = create_owner(database_url)
+    good = StatusEvent(f"ok-{uuid.uuid4()}", Status.COMPLETED, 1, owner, "a", "q", 10.0, result={"n": 1})
+    unknown_tenant = Owner(str(uuid.uuid4()), owner.user_id)
+    rejected = StatusEvent(f"bad-{uuid.uuid4()}", Status.COMPLETED, 1, unknown_tenant, "a", "q", 10.0)
+
+    # a succeeding batch (with one rejected event), over a real socket
+    run_writer(lambda: SupabaseStatusStore(rest_url, SecretStr(key), timeout=5), [good, rejected])
+    assert fetch_rows(database_url, [good.job_id])[good.job_id]["status"] == "completed"
+    # a failing batch: the database behind the API is down; retried, then spilled to the outbox
+    outbox = RedisOutbox(redis.Redis.from_url(redis_url))
+    down = StatusEvent(f"down-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 11.0)
+    run_writer(
+        lambda: SupabaseStatusStore(down_rest_url, SecretStr(key), timeout=5),
+        [down],
+        outbox=outbox,
+        retry_attempts=2,
+    )
+    assert outbox.depth() == 1
+    # a batch refused as a whole: a key the project did not sign
+    run_writer(
+        lambda: SupabaseStatusStore(rest_url, forged, timeout=5),
+        [StatusEvent(f"forged-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 12.0)],
+        outbox=outbox,
+        retry_attempts=1,
+    )
+
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s")
+    text = "\n".join(formatter.format(record) + repr(record.__dict__) for record in caplog.records)
+    # what was logged covers what this test is about
+    assert any(
+        r.name.startswith(("httpx", "httpcore")) and r.levelno == logging.DEBUG for r in caplog.records
+    )
+    assert "rejected by the store" in text
+    assert "spilling" in text
+    assert "HTTP 401 (PGRST301)" in text
+    for secret in (key, forged):
+        assert_hidden(secret, text, "the logs")
+
+    exposition = prometheus_client.generate_latest().decode()
+    assert "job_status_sync_writes_total" in exposition
+    for secret in (key, forged):
+        assert_hidden(secret, exposition, "the metrics")
+
+
+@pytest.fixture
+def stalled_url() -> Iterator[str]:
+    release = threading.Event()
+
+    class Stall(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            release.wait(30)
+            return httpx.Response(504)
+
+    with serve(Stall()) as url:
+        yield url
+        release.set()
+
+
+@pytest.mark.parametrize("failure", ["unsigned", "database-down", "refused", "timeout", "anon-role"])
+def test_errors_and_reprs_never_show_the_key(
+    failure: str, database_url: str, rest_url: str, down_rest_url: str, stalled_url: str
+) -> None:
+    signed = service_key()
+    key, url = {
+        "unsigned": (mint_jwt("service_role", secret="another-projects-secret-of-enough-length"), rest_url),
+        "database-down": (signed, down_rest_url),
+        "refused": (signed, f"http://127.0.0.1:{free_port()}"),
+        "timeout": (signed, stalled_url),
+        "anon-role": (mint_jwt("anon"), rest_url),
+    }[failure]
+    store = SupabaseStatusStore(url, key, timeout=0.5)
+    event = StatusEvent("job", Status.ACTIVE, 1, Owner(str(uuid.uuid4()), str(uuid.uuid4())), "a", "q", 1.0)
+    with pytest.raises(StoreError) as caught:
+        store.apply([event])
+    store.close()
+    exc = caught.value
+    seen = "\n".join(
+        [
+            str(exc),
+            repr(exc),
+            "".join(traceback.format_exception(exc)),
+            repr(exc.__cause__),
+            str(exc.__cause__),
+            repr(store),
+            str(store),
+        ]
+    )
+    assert_hidden(key, seen, "an error or a repr")
+
+
+def test_settings_never_show_the_key() -> None:
+    key = service_key()
+    settings = Settings(SUPABASE_URL=STAND_IN_URL, SUPABASE_SERVICE_KEY=key)
+    assert settings.supabase_service_role_key is not None
+    assert settings.supabase_service_role_key.get_secret_value() == key
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert_hidden(key, text, "the settings")
+
+
+@pytest.fixture
+def tracked_broker(database_url: str) -> Iterator[tuple[StubBroker, StatusWriter]]:
+    """A StubBroker wired like production, writing through the supabase store and the stand-in."""
+    stand_in = PostgrestStandIn(database_url)
+    http = httpx.Client(transport=stand_in)
+    writer = StatusWriter(
+        lambda: SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http), flush_interval=0.01
+    )
+    broker = StubBroker()
+    broker.add_middleware(JobStatusMiddleware(writer), before=AgeLimit)
+    broker.emit_after("process_boot")
+    yield broker, writer
+    broker.close()
+    writer.close(timeout=30)
+    http.close()
+    stand_in.close()
+
+
+def test_a_stored_error_message_is_redacted_and_capped(
+    tracked_broker: tuple[StubBroker, StatusWriter], database_url: str
+) -> None:
+    broker, writer = tracked_broker
+    key = service_key()
+    secrets = {
+        "the service key": key,
+        "a database password": "hunter2hunter2",
+        "a redis password": "swordfish-swordfish",
+        "a PGPASSWORD": "open-sesame-42",
+        "a quoted password": "letmein-letmein",
+        "a new-style key": "sb_secret_AbCdEf0123456789xyz",
+    }
+    message = (
+        f"cannot reach the API with apikey {key}; "
+        "fallback postgresql://app:hunter2hunter2@db.internal:5432/app failed; "
+        "outbox redis://:swordfish-swordfish@cache.internal:6379/0 down; "
+        "env PGPASSWORD=open-sesame-42 "
+        "config {'user': 'app', 'password': 'letmein-letmein'} "
+        "key sb_secret_AbCdEf0123456789xyz " + "and then some more context " * 100
+    )
+
+    @dramatiq.actor(broker=broker, track_status=True, max_retries=0)
+    def leaky(payload: dict[str, str]) -> None:
+        raise RuntimeError(message)
+
+    owner = create_owner(database_url)
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        job_id = leaky.send({"tenant_id": owner.tenant_id, "user_id": owner.user_id}).message_id
+
+        def failed_row() -> dict[str, Any] | None:
+            writer.flush(timeout=5)
+            row = fetch_rows(database_url, [job_id]).get(job_id)
+            return row if row and row["status"] == "failed" else None
+
+        row = wait_for(failed_row, timeout=30, what="the failed row")
+    finally:
+        worker.stop()
+    stored = row["error_message"]
+    assert row["error_type"] == "RuntimeError"
+    assert [what for what, secret in secrets.items() if secret in stored] == [], "secrets stored"
+    assert_hidden(key, stored, "the stored error message")
+    assert "[REDACTED]" in stored
+    assert "db.internal:5432" in stored and "cache.internal" in stored, "context around secrets survives"
+    assert len(stored) <= MAX_ERROR_CHARS
