@@ -1,14 +1,22 @@
 """Prometheus metrics of status sync. Names are an interface: alert rules and dashboards use them.
 
 Nothing here imports ``prometheus_client`` at import time: it decides on multiprocess mode when
-metrics are created, so they are created on first use, after the worker process has booted
-(``PROMETHEUS_MULTIPROC_DIR`` is set by then). Labels never carry job, user or tenant ids.
+it is first imported (``PROMETHEUS_MULTIPROC_DIR`` set or not), so the metrics are created on
+first use, by the writer thread, which a worker starts after its process has booted (see
+:mod:`middleware.prometheus`). Labels never carry job, user or tenant ids.
+
+Gauges in multiprocess mode: the queue depth is each process's own buffer, so the fleet's is the
+sum over live processes (``livesum``); the outbox is one Redis list every process samples, so the
+fleet's depth is the latest sample of any live process (``livemostrecent``), not a sum.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -29,19 +37,20 @@ class SyncMetrics:
         )
         self.writes = Counter(
             "job_status_sync_writes",
-            "Batches written to the status store, by outcome (success, failure).",
+            "Batch write attempts to the status store, by outcome (success, failure).",
             ["outcome"],
             registry=registry,
         )
         self.failures = Counter(
             "job_status_sync_failures",
-            "Status sync failures by reason (timeout, connection, rejected, hook, ...).",
+            "Status sync failures by reason: failed write attempts (timeout, connection, ...), "
+            "rejected and spilled events, hook errors, ...",
             ["reason"],
             registry=registry,
         )
         self.write_seconds = Histogram(
             "job_status_sync_write_seconds",
-            "Time of one batch write to the status store.",
+            "Time of one successful batch write to the status store.",
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
@@ -59,10 +68,35 @@ class SyncMetrics:
         )
         self.outbox_depth = Gauge(
             "job_status_sync_outbox_depth",
-            "Status events waiting in the durable outbox.",
+            "Status events waiting in the durable outbox (one list shared by all processes).",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemostrecent",
         )
+
+
+class _Disabled:
+    """Stands in for every metric when they cannot be created: counts nothing, never raises."""
+
+    def labels(self, *_args: Any, **_kwargs: Any) -> _Disabled:
+        return self
+
+    def inc(self, _amount: float = 1) -> None:
+        return None
+
+    def observe(self, _amount: float) -> None:
+        return None
+
+    def set(self, _value: float) -> None:
+        return None
+
+
+class DisabledMetrics(SyncMetrics):
+    """What :func:`get_metrics` returns when prometheus_client cannot create the metrics."""
+
+    def __init__(self) -> None:
+        self.events = self.writes = self.failures = _Disabled()
+        self.write_seconds = self.lag_seconds = _Disabled()
+        self.queue_depth = self.outbox_depth = _Disabled()
 
 
 _lock = threading.Lock()
@@ -70,10 +104,23 @@ _metrics: SyncMetrics | None = None
 
 
 def get_metrics() -> SyncMetrics:
-    """The process's metrics, created on first call."""
+    """The process's metrics, created on first call.
+
+    Status sync goes on without metrics when they cannot be created, typically a producer whose
+    environment names a ``PROMETHEUS_MULTIPROC_DIR`` that does not exist there.
+    """
     global _metrics
     if _metrics is None:
         with _lock:
             if _metrics is None:
-                _metrics = SyncMetrics()
+                try:
+                    _metrics = SyncMetrics()
+                except OSError as exc:
+                    logger.error(
+                        "Cannot create the status sync metrics (%s: %s); going on without them.",
+                        type(exc).__name__,
+                        exc,
+                        extra={"action": "metrics_disabled"},
+                    )
+                    _metrics = DisabledMetrics()
     return _metrics

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tenacity import (
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
@@ -36,12 +35,15 @@ from tenacity import (
 )
 
 from .errors import StoreError, TransientStoreError
-from .events import Status, StatusEvent
+from .events import Status, StatusEvent, redact
 from .metrics import SyncMetrics, get_metrics
 from .outbox import RedisOutbox
 from .stores.base import APPLIED, Outcome, StatusStore
 
 logger = logging.getLogger(__name__)
+
+#: job ids named in one log record, at most
+LOGGED_JOB_IDS = 20
 
 
 class StatusWriter:
@@ -109,6 +111,7 @@ class StatusWriter:
         self._next_drain = 0.0
         self._drained = 0
         self._drain_started = 0.0
+        self._next_depth_check = 0.0
         self._atexit_registered = False
 
     def __repr__(self) -> str:
@@ -219,23 +222,29 @@ class StatusWriter:
                 batch = self._take_locked()
                 stopping = self._stopping
                 counts, self._counts = self._counts, collections.Counter()
+                waiting = len(self._buffer) + self._inflight
             self._count_events(metrics, counts)
+            metrics.queue_depth.set(waiting)
             if batch:
                 try:
                     self._write(metrics, batch)
                 except Exception:  # a bug here must not end the thread nor lose the batch
-                    logger.exception("Status writer failed on a batch.", extra={"action": "sync_error"})
+                    logger.exception(
+                        "Status writer failed on a batch.",
+                        extra={"action": "sync_error", "reason": "error", **_job_ids(batch)},
+                    )
                     metrics.failures.labels("error").inc()
                     self._spill_or_drop(metrics, batch)
                 finally:
                     with self._cond:
                         self._inflight -= len(batch)
                         self._cond.notify_all()
-                continue  # more may be waiting: do not sleep before looking again
-            if stopping:
+                # no sleep before looking again: more may be waiting
+            elif stopping:
                 break
-            self._maybe_drain(metrics)
-            metrics.queue_depth.set(len(self._buffer))
+            if not stopping:  # also between batches: under steady load the outbox must drain too
+                self._maybe_drain(metrics)
+                self._update_outbox_depth(metrics)
         metrics.queue_depth.set(0)
         self._close_store()
 
@@ -289,7 +298,11 @@ class StatusWriter:
     def _apply(self, metrics: SyncMetrics, events: Sequence[StatusEvent], *, retry: bool) -> list[Outcome]:
         """One batch, with tenacity retries on transient errors when ``retry``."""
 
+        tries = 0
+
         def attempt() -> list[Outcome]:
+            nonlocal tries
+            tries += 1
             started = time.perf_counter()
             try:
                 if self._store is None:
@@ -298,11 +311,25 @@ class StatusWriter:
             except StoreError as exc:
                 metrics.writes.labels("failure").inc()
                 metrics.failures.labels(exc.reason).inc()
+                # one line per failed attempt (tenacity's before_sleep_log would add a second)
+                logger.warning(
+                    "Status write of %d events failed (%s, attempt %d): %s",
+                    len(events),
+                    exc.reason,
+                    tries,
+                    redact(str(exc)),
+                    extra={"action": "sync_write_failed", "reason": exc.reason, "attempt": tries}
+                    | _job_ids(events),
+                )
                 raise
             except Exception as exc:  # a store bug must not kill the thread: count it, retry it
                 metrics.writes.labels("failure").inc()
                 metrics.failures.labels("error").inc()
-                logger.exception("Status store raised unexpectedly.", extra={"action": "sync_error"})
+                logger.exception(
+                    "Status store raised unexpectedly (attempt %d).",
+                    tries,
+                    extra={"action": "sync_error", "reason": "error", "attempt": tries} | _job_ids(events),
+                )
                 raise TransientStoreError(type(exc).__name__, reason="error") from exc
             metrics.write_seconds.observe(time.perf_counter() - started)
             metrics.writes.labels("success").inc()
@@ -316,7 +343,6 @@ class StatusWriter:
             ),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             retry=retry_if_exception_type(TransientStoreError),
-            before_sleep=before_sleep_log(logger, logging.WARNING),
             sleep=self._sleep,
             reraise=True,
         )
@@ -353,14 +379,14 @@ class StatusWriter:
                 logger.error(
                     "Outbox unavailable too; keeping %d events in memory.",
                     len(events),
-                    extra={"action": "sync_outbox_down"},
+                    extra={"action": "sync_outbox_down", "reason": exc.reason} | _job_ids(events),
                 )
         if self._stopping:
             metrics.failures.labels("lost").inc(len(events))
             logger.error(
                 "Stopping with the store and the outbox down: %d status events are lost.",
                 len(events),
-                extra={"action": "sync_lost", "job_ids": [e.job_id for e in events[:20]]},
+                extra={"action": "sync_lost", "reason": "lost"} | _job_ids(events),
             )
             return
         self._requeue(events)
@@ -398,13 +424,17 @@ class StatusWriter:
             return
         if not taken:
             self._next_drain = now + self.drain_interval
-            metrics.outbox_depth.set(max(outbox.depth(), 0))
+            self._next_depth_check = 0.0  # show the empty outbox now
             if self._drained:
                 logger.info(
                     "Outbox drained: %d events in %.1fs.",
                     self._drained,
                     now - self._drain_started,
-                    extra={"action": "outbox_drained", "events": self._drained},
+                    extra={
+                        "action": "outbox_drained",
+                        "events": self._drained,
+                        "seconds": round(now - self._drain_started, 3),
+                    },
                 )
                 self._drained = 0
             return
@@ -427,6 +457,16 @@ class StatusWriter:
         self._record(metrics, events, outcomes)
         self._next_drain = now if len(taken) == self.max_batch else now + min(self.drain_interval, 0.1)
 
+    def _update_outbox_depth(self, metrics: SyncMetrics) -> None:
+        """Sample the outbox's length every ``drain_interval`` seconds, while Redis answers."""
+        now = time.monotonic()
+        if self.outbox is None or now < self._next_depth_check:
+            return
+        self._next_depth_check = now + self.drain_interval
+        depth = self.outbox.depth()
+        if depth >= 0:
+            metrics.outbox_depth.set(depth)
+
     def _close_store(self) -> None:
         store, self._store = self._store, None
         if store is not None:
@@ -434,6 +474,11 @@ class StatusWriter:
                 store.close()
             except Exception:
                 logger.exception("Closing the status store failed.")
+
+
+def _job_ids(events: Sequence[StatusEvent]) -> dict[str, object]:
+    """Log ``extra`` naming a batch's jobs (ids only: never owners, payloads or results)."""
+    return {"events": len(events), "job_ids": [event.job_id for event in events[:LOGGED_JOB_IDS]]}
 
 
 __all__ = ["APPLIED", "StatusWriter"]
