@@ -27,6 +27,7 @@ from dramatiq.middleware import (
 
 from middleware import JobStatusMiddleware, StatusWriter, progress
 from middleware.outbox import OutboxStore, RedisOutbox
+from middleware.prometheus import WorkerPrometheus
 from middleware.stores.base import StatusStore
 
 from .settings import NO_STORE_MESSAGE, ConfigurationError, Settings, load_settings
@@ -118,6 +119,8 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware]:
         broker.add_middleware(RequireStatusStore(kind))
     else:  # actors still declare track_status=True; only the option is known, no hooks run
         broker.add_middleware(TrackStatusOption())
+    if settings.metrics:  # right after the status middleware: it must stay first
+        broker.add_middleware(WorkerPrometheus(), before=AgeLimit)
     return broker, status
 
 

@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         description="mirror job status into the store; off leaves the middleware out entirely",
         validation_alias=AliasChoices("COURSEGEN_STATUS_SYNC", "status_sync"),
     )
+    metrics: bool = Field(
+        True,
+        description=(
+            "workers export Dramatiq's and status sync's Prometheus metrics on dramatiq_prom_port "
+            "(files in dramatiq_prom_db or PROMETHEUS_MULTIPROC_DIR)"
+        ),
+        validation_alias=AliasChoices("COURSEGEN_METRICS", "metrics"),
+    )
     demo_pace: float = Field(
         0.0,
         ge=0,
