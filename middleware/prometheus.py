@@ -61,19 +61,21 @@ def multiproc_dir(environ: Mapping[str, str] | None = None) -> str:
     return env.get("dramatiq_prom_db") or env.get("PROMETHEUS_MULTIPROC_DIR") or DEFAULT_DIR
 
 
-def clean_multiproc_dir(directory: str) -> list[str]:
+def clean_multiproc_dir(directory: str, *, parent_pid: int | None = None) -> list[str]:
     """Create ``directory`` and remove the metric files of processes that are not running
-    siblings of this one (an earlier run's); returns the names removed.
+    children of ``parent_pid`` (default: this process's parent, the dramatiq CLI), that is the
+    files of an earlier run; returns the names removed.
 
     Called by every worker process as it boots, before it creates any metric: a file with this
     process's own pid is stale too (pids are reused, notably in containers). A sibling's file is
     left alone, so the processes of one fleet can boot in any order without a lock.
     """
+    parent = os.getppid() if parent_pid is None else parent_pid
     os.makedirs(directory, exist_ok=True)
     removed = []
     for name in sorted(os.listdir(directory)):
         match = _PROCESS_FILE.match(name)
-        if match is None or _is_running_sibling(int(match.group(1))):
+        if match is None or _is_running_child(int(match.group(1)), parent):
             continue
         try:
             os.remove(os.path.join(directory, name))
@@ -83,7 +85,7 @@ def clean_multiproc_dir(directory: str) -> list[str]:
     return removed
 
 
-def _is_running_sibling(pid: int) -> bool:
+def _is_running_child(pid: int, parent: int) -> bool:
     if pid == os.getpid():
         return False
     if not os.path.isdir("/proc/self"):  # no procfs: settle for "running"
@@ -100,7 +102,7 @@ def _is_running_sibling(pid: int) -> bool:
     except OSError:
         return False
     # "pid (command) state ppid ...": the command may hold spaces and parentheses
-    return int(fields[fields.rindex(b")") + 2 :].split()[1]) == os.getppid()
+    return int(fields[fields.rindex(b")") + 2 :].split()[1]) == parent
 
 
 class WorkerPrometheus(Middleware):

@@ -252,3 +252,25 @@ def test_two_worker_processes_add_up_on_one_endpoint(
     assert "Status event rejected by the store" in log
     assert "failed (connection, attempt" in log or "failed (timeout, attempt" in log
     assert "Outbox drained" in log
+
+
+def test_a_producer_whose_metrics_directory_is_missing_still_writes_its_rows(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR copied from the workers' environment, missing here: no metrics,
+    but `pending` is written all the same."""
+    owner = create_owner(database_url)
+    env = app_env(
+        REDIS_URL=redis_url, DATABASE_URL=database_url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing")
+    )
+    payload = {
+        "tenant_id": owner.tenant_id,
+        "user_id": owner.user_id,
+        "title": "Tides",
+        "sources": [{"text": TEXT}],
+    }
+    # delayed: no worker takes it, the row can only come from the producer's own writer
+    [sent] = send_jobs(env, [payload], delay=60_000)
+    rows = wait_for(lambda: fetch_rows(database_url, [sent["job_id"]]), timeout=10, what="the pending row")
+    assert rows[sent["job_id"]]["status"] == "pending"
+    assert not (tmp_path / "missing").exists()
