@@ -8,8 +8,11 @@ background :class:`~middleware.writer.StatusWriter` coalesces and batches them i
 This package never imports ``coursegen``.
 """
 
+from .cancel import RedisCancelFlags
 from .errors import (
     InvalidOwnerError,
+    InvalidPayloadError,
+    JobCancelled,
     PermanentStoreError,
     StatusSyncError,
     StoreError,
@@ -17,13 +20,18 @@ from .errors import (
 )
 from .events import Owner, Status, StatusEvent
 from .status_sync import JobStatusMiddleware
+from .validation import PayloadValidation
 from .writer import StatusWriter
 
 __all__ = [
     "InvalidOwnerError",
+    "InvalidPayloadError",
+    "JobCancelled",
     "JobStatusMiddleware",
     "Owner",
+    "PayloadValidation",
     "PermanentStoreError",
+    "RedisCancelFlags",
     "Status",
     "StatusEvent",
     "StatusSyncError",

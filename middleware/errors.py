@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dramatiq.middleware import MiddlewareError
 
 
@@ -47,3 +49,36 @@ class PermanentStoreError(StoreError):
     """The store refused the batch as a whole; sending it again will not help."""
 
     reason = "permanent"
+
+
+class InvalidPayloadError(StatusSyncError, MiddlewareError, ValueError):
+    """A message's payload does not match the model its actor declares (``payload_model``).
+
+    ``errors`` holds pydantic's validation errors (without the input values, which may be large
+    or secret). Subclasses ``MiddlewareError`` so that ``send()`` raises it and enqueues nothing;
+    at run time the job fails with it and is not retried.
+    """
+
+    def __init__(self, actor_name: str, errors: list[dict[str, Any]]) -> None:
+        self.actor_name = actor_name
+        self.errors = errors
+        shown = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ())) or 'payload'}: {error.get('msg', '?')}"
+            for error in errors[:10]
+        )
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        count = f"{len(errors)} validation error{'s' if len(errors) != 1 else ''}"
+        super().__init__(f"invalid payload for {actor_name}: {count}: {shown}{more}")
+
+
+class JobCancelled(BaseException):
+    """Cancellation of the running job was requested; raised at its next progress checkpoint.
+
+    A ``BaseException``, like ``asyncio.CancelledError``, so that an actor's ``except Exception``
+    cannot swallow it. The status middleware records the job as ``cancelled`` and adds this
+    class to every tracked actor's ``throws``, so ``Retries`` never retries it.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was cancelled")
