@@ -418,7 +418,9 @@ class StatusWriter:
         if outbox is None or now < self._next_drain or (self._degraded and now < self._next_probe):
             return
         try:
-            taken = outbox.take(self.max_batch)
+            # while degraded this is a probe: one event, so that the outbox (and its depth gauge)
+            # does not look empty for the time the store takes to fail again
+            taken = outbox.take(1 if self._degraded else self.max_batch)
         except TransientStoreError:
             self._next_drain = now + self.drain_interval
             return

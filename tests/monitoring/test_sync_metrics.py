@@ -59,18 +59,22 @@ class Store:
         self.fail = fail
         self.reason = reason
         self.applied: list[StatusEvent] = []
+        self.calls = 0
+        self.fail_after = 0.0  # seconds a failing call takes, as a timeout would
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.on_apply: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        self.calls += 1
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         with self._lock:
             if self.fail > 0:
                 self.fail -= 1
+                threading.Event().wait(self.fail_after)
                 raise TransientStoreError(
                     f"cannot reach postgresql://app:{SECRET}@db.internal/app (password={SECRET})",
                     reason=self.reason,
@@ -175,12 +179,25 @@ def test_the_outbox_depth_is_sampled_while_the_store_is_down_and_the_drain_is_su
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = Store(fail=10**6)
-    writer = make_writer(store, outbox=outbox, retry_attempts=1, probe_interval=0.2, drain_interval=0.05)
+    store.fail_after = 0.2
+    writer = make_writer(store, outbox=outbox, retry_attempts=1, probe_interval=0.1, drain_interval=0.02)
     with caplog.at_level(logging.INFO, logger="middleware.writer"):
         for n in range(3):
             writer.submit(event(f"job-{n}"))
         wait_for(lambda: metrics("job_status_sync_outbox_depth") == 3, timeout=5, what="depth 3")
         assert metrics("job_status_sync_failures_total", reason="spilled") == 3
+        # the writer probes the store with one event from the outbox now and then: meanwhile the
+        # other processes sampling the list never see it empty (the fleet's gauge would drop to 0
+        # and reset an alert waiting for 15 minutes of a non-empty outbox)
+        seen = []
+        probes = store.calls
+        wait_for(
+            lambda: seen.append(outbox.depth()) or store.calls >= probes + 3,
+            timeout=10,
+            interval=0.01,
+            what="three probes",
+        )
+        assert min(seen) >= 2, seen
         store.fail = 0
         wait_for(lambda: len(store.applied) == 3, timeout=10, what="the drain")
         wait_for(lambda: metrics("job_status_sync_outbox_depth") == 0, timeout=5, what="depth 0")
