@@ -33,7 +33,8 @@ Reproduced:
   by default); the database unreachable: 503 ``PGRST000``, connection lost mid-request 503
   ``PGRST001``.
 
-Not reproduced: embedding, ordering, ranges and counts, ``Prefer`` options other than
+Not reproduced: the gateway's check that ``apikey`` is one of the project's keys (any valid JWT
+passes), embedding, ordering, ranges and counts, ``Prefer`` options other than
 ``return=representation``, ``GET``/``HEAD`` calls of functions, a function's single unnamed
 ``json`` parameter, ``PUT`` upserts, ``on_conflict``, role settings (``statement_timeout``),
 JWKS/asymmetric keys, ``aud`` checks, the schema cache (the catalog is read per request),
