@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,7 +25,7 @@ from coursegen.local import LocalPostgres, LocalServiceError
 from coursegen.migrate import migrate
 from tests.conftest import pg_bindir, unavailable
 from tests.support.db import create_owner, fetch_rows, wait_for
-from tests.support.processes import app_env, dramatiq_worker, send_jobs
+from tests.support.processes import app_env, dramatiq_worker, free_port, send_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -43,12 +42,6 @@ Gauge("job_status_sync_queue_depth", "stale", multiprocess_mode="livesum").set(7
 """
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Scrape:

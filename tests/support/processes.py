@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,6 +56,12 @@ def send_jobs(env: dict[str, str], payloads: list[dict[str, Any]], **options: An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Worker:
     def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
         self.process = process
@@ -80,7 +87,17 @@ class Worker:
 def dramatiq_worker(
     env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
 ) -> Iterator[Worker]:
-    """``dramatiq coursegen.actors`` as a subprocess, stopped with SIGTERM afterwards."""
+    """``dramatiq coursegen.actors`` as a subprocess, stopped with SIGTERM afterwards.
+
+    Its metrics endpoint listens on a free port of 127.0.0.1 with its files next to the log,
+    unless ``env`` says otherwise (never the shared default directory and port 9191).
+    """
+    env = {
+        "dramatiq_prom_db": str(log_path.parent / f"{log_path.stem}-prometheus"),
+        "dramatiq_prom_host": "127.0.0.1",
+        "dramatiq_prom_port": str(free_port()),
+        **env,
+    }
     command = [
         str(BIN / "dramatiq"),
         "coursegen.actors",
