@@ -108,10 +108,10 @@ def _is_running_child(pid: int, parent: int) -> bool:
 class WorkerPrometheus(Middleware):
     """Dramatiq's ``Prometheus`` middleware, booted in worker processes only (see the module).
 
-    Place it right after the status middleware and before ``AgeLimit``: a message skipped by a
-    middleware placed before it would otherwise leave Dramatiq's in-progress gauge at -1.
-    Messages the status middleware skips (cancelled before they started) are counted as
-    processed without moving that gauge.
+    Place it right after the status middleware and before ``AgeLimit``. A message that a
+    middleware placed before it skips or fails before it starts (the status middleware skips
+    cancelled jobs) is counted as processed without leaving Dramatiq's in-progress gauge at -1,
+    which plain ``Prometheus`` would do.
     """
 
     def __init__(self) -> None:
@@ -188,17 +188,22 @@ class WorkerPrometheus(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         if self._prometheus is not None:
-            self._prometheus.after_process_message(broker, message, result=result, exception=exception)
+            self._started(broker, message).after_process_message(
+                broker, message, result=result, exception=exception
+            )
 
     def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+        if self._prometheus is not None:
+            self._started(broker, message).after_skip_message(broker, message)
+
+    def _started(self, broker: Broker, message: Message[Any]) -> Any:
+        """Dramatiq's middleware, having seen ``message`` start: one skipped or failed by a
+        middleware before us never reached our ``before_process_message``; start it now, so
+        that the in-progress gauge's decrement that follows has its increment."""
         prometheus = self._prometheus
-        if prometheus is None:
-            return
         if message.message_id not in prometheus.message_start_times:
-            # skipped before it reached us: start it now, so that the in-progress gauge's
-            # decrement below has its increment
             prometheus.before_process_message(broker, message)
-        prometheus.after_skip_message(broker, message)
+        return prometheus
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._prometheus is not None:

@@ -20,7 +20,7 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, CurrentMessage, Retries
+from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, MiddlewareError, Retries
 
 # prometheus_client decides on multiprocess mode when first imported: import it now, while
 # PROMETHEUS_MULTIPROC_DIR is unset, before any test here sets it.
@@ -278,16 +278,31 @@ def _sample(metric: Any, **labels: str) -> float:
     return 0.0
 
 
-def test_skipped_messages_leave_the_in_progress_gauge_at_zero(booted_env: Path) -> None:
-    """The status middleware (first) skips a cancelled job before WorkerPrometheus saw it start;
-    AgeLimit (after it) skips an expired one: Dramatiq's in-progress gauge must stay at 0."""
+class RefuseSome(Middleware):
+    """Fails a message before it runs, as a payload check would (MiddlewareError propagates)."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        if message.message_id in self.refused:
+            message.fail()
+            raise MiddlewareError("refused before running")
+
+
+def test_skipped_and_refused_messages_leave_the_in_progress_gauge_at_zero(booted_env: Path) -> None:
+    """The status middleware (first) skips a cancelled job and another middleware refuses one
+    before WorkerPrometheus saw them start; AgeLimit (after it) skips an expired one: Dramatiq's
+    in-progress gauge must stay at 0, and all four count as processed."""
     store = Store()
     sync_metrics = Metrics().sync
     writer = StatusWriter(lambda: store, flush_interval=0.01, metrics=lambda: sync_metrics)
     cancelled: set[str] = set()
     status = JobStatusMiddleware(writer, is_cancel_requested=cancelled.__contains__)
-    prometheus = WorkerPrometheus()
-    broker = StubBroker(middleware=[status, prometheus, AgeLimit(), Retries(max_retries=0), CurrentMessage()])
+    prometheus, refuse = WorkerPrometheus(), RefuseSome()
+    broker = StubBroker(
+        middleware=[status, refuse, prometheus, AgeLimit(), Retries(max_retries=0), CurrentMessage()]
+    )
     prometheus.after_process_boot(broker)
     assert prometheus.directory == str(booted_env)
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == os.environ["dramatiq_prom_db"] == str(booted_env)
@@ -296,6 +311,7 @@ def test_skipped_messages_leave_the_in_progress_gauge_at_zero(booted_env: Path) 
     payload = {"tenant_id": OWNER.tenant_id, "user_id": OWNER.user_id}
     actor.send(payload)
     cancelled.add(actor.send(payload).message_id)
+    refuse.refused.add(actor.send(payload).message_id)
     expired = actor.message_with_options(args=(payload,), max_age=1)
     broker.enqueue(expired.copy(message_timestamp=expired.message_timestamp - 60_000))
 
@@ -306,14 +322,19 @@ def test_skipped_messages_leave_the_in_progress_gauge_at_zero(booted_env: Path) 
         worker.join()
         inner = prometheus._prometheus
         labels = {"queue_name": actor.queue_name, "actor_name": "task"}
-        wait_for(lambda: _sample(inner.total_messages, **labels) == 3, timeout=5, what="3 messages counted")
+        wait_for(lambda: _sample(inner.total_messages, **labels) == 4, timeout=5, what="4 messages counted")
         assert _sample(inner.inprogress_messages, **labels) == 0
         assert inner.message_start_times == {}
     finally:
         worker.stop()
         writer.close(timeout=5)
         broker.close()
-    assert {e.status for e in store.applied} >= {Status.COMPLETED, Status.CANCELLED, Status.SKIPPED}
+    assert {e.status for e in store.applied} >= {
+        Status.COMPLETED,
+        Status.CANCELLED,
+        Status.SKIPPED,
+        Status.FAILED,
+    }
 
 
 def _process_files(directory: Path, pids: dict[str, int]) -> None:
