@@ -1,0 +1,357 @@
+"""Cancellation and payload validation, below the CLI: the SQL function that stamps a request,
+the producer API (coursegen.jobs) on PostgreSQL and through Supabase's REST API, and the worker
+side on a Dramatiq StubBroker with the real flags on real Redis (skip when queued, stop at the
+next checkpoint, never retried)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dramatiq
+import dramatiq.broker
+import httpx
+import psycopg
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
+from pydantic import BaseModel
+
+from coursegen.jobs import JobNotFound, Jobs, SupabaseReader, WaitTimeout
+from coursegen.settings import Settings
+from middleware import (
+    InvalidPayloadError,
+    JobCancelled,
+    JobStatusMiddleware,
+    PayloadValidation,
+    RedisCancelFlags,
+    progress,
+)
+from middleware.cancel import DEFAULT_PREFIX, DEFAULT_TTL
+from middleware.events import Owner, Status, StatusEvent
+from middleware.stores.base import APPLIED, Outcome
+from middleware.writer import StatusWriter
+from tests.support.db import create_owner, fetch_rows, wait_for
+from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, service_key
+
+pytestmark = [pytest.mark.integration]
+
+
+def apply(conninfo: str, *events: StatusEvent) -> None:
+    payload = "[" + ",".join(event.to_json() for event in events) + "]"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        outcomes = conn.execute(
+            "select outcome from public.job_status_apply(%s::jsonb)", (payload,)
+        ).fetchall()
+    assert {o for (o,) in outcomes} <= {"applied", "stale"}, outcomes
+
+
+def event(job_id: str, status: Status, owner: Owner, **fields: Any) -> StatusEvent:
+    attempt = 0 if status is Status.PENDING else 1
+    return StatusEvent(
+        job_id, status, attempt, owner, "generate_course", "course-generation", time.time(), **fields
+    )
+
+
+def request_cancel(conninfo: str, job_id: str, role: str | None = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if role:
+            conn.execute(f"set role {role}")
+        return conn.execute(
+            "select status::text, cancel_requested_at, stamped from public.job_status_request_cancel(%s)",
+            (job_id,),
+        ).fetchall()
+
+
+@pytest.mark.sql
+def test_the_sql_function_stamps_a_live_job_once_and_leaves_a_finished_one_alone(database_url: str) -> None:
+    owner = create_owner(database_url)
+    apply(database_url, event("live", Status.PENDING, owner), event("done", Status.COMPLETED, owner))
+
+    [(status, first, stamped)] = request_cancel(database_url, "live")
+    assert (status, stamped) == ("pending", True) and first is not None
+    assert request_cancel(database_url, "live") == [("pending", first, False)]  # asked twice: once
+    assert request_cancel(database_url, "done") == [("completed", None, False)]
+    assert request_cancel(database_url, "nobody") == []
+    assert fetch_rows(database_url, ["done"])["done"]["cancel_requested_at"] is None
+
+    # later events of the job never clear the stamp
+    apply(database_url, event("live", Status.ACTIVE, owner, progress=30))
+    apply(database_url, event("live", Status.CANCELLED, owner))
+    row = fetch_rows(database_url, ["live"])["live"]
+    assert (row["status"], row["cancel_requested_at"]) == ("cancelled", first)
+    assert request_cancel(database_url, "live") == [("cancelled", first, False)]
+
+    # only the service role may call it
+    for role in ("anon", "authenticated"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            request_cancel(database_url, "live", role=role)
+    assert request_cancel(database_url, "live", role="service_role")[0][0] == "cancelled"
+
+
+# -- the producer API -------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_jobs(database_url: str) -> tuple[Owner, dict[str, str]]:
+    owner = create_owner(database_url)
+    ids = {name: f"{name}-{uuid.uuid4()}" for name in ("queued", "running", "done")}
+    # one transaction each, so that their updated_at differ
+    apply(database_url, event(ids["queued"], Status.PENDING, owner))
+    apply(database_url, event(ids["running"], Status.ACTIVE, owner, progress=40, progress_message="lessons"))
+    apply(database_url, event(ids["done"], Status.COMPLETED, owner, result={"title": "Tides"}))
+    return owner, ids
+
+
+def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
+    database_url: str, redis_url: str, three_jobs: tuple[Owner, dict[str, str]]
+) -> None:
+    owner, ids = three_jobs
+    client = redis.Redis.from_url(redis_url)
+    jobs = Jobs(Settings(redis_url=redis_url, database_url=database_url))
+    try:
+        running = jobs.status(ids["running"])
+        assert (running.status, running.progress, running.progress_message) == (Status.ACTIVE, 40, "lessons")
+        assert (running.tenant_id, running.user_id, running.finished) == (
+            owner.tenant_id,
+            owner.user_id,
+            False,
+        )
+        assert jobs.status(ids["done"]).result == {"title": "Tides"}
+        assert jobs.status(ids["done"]).as_dict()["status"] == "completed"
+        with pytest.raises(JobNotFound, match="no job nobody"):
+            jobs.status("nobody")
+
+        listed = jobs.list(user_id=owner.user_id)
+        assert [j.job_id for j in listed] == [ids["done"], ids["running"], ids["queued"]]  # newest first
+        assert [j.job_id for j in jobs.list(status="completed", tenant_id=owner.tenant_id)] == [ids["done"]]
+        assert [j.job_id for j in jobs.list(user_id=owner.user_id, limit=1)] == [ids["done"]]
+        assert jobs.list(user_id=str(uuid.uuid4())) == []
+        with pytest.raises(ValueError, match="user_id must be a UUID"):
+            jobs.list(user_id="bob")
+
+        assert jobs.wait(ids["done"], timeout=5).status is Status.COMPLETED
+        seen: list[Status] = []
+        with pytest.raises(WaitTimeout) as timed_out:
+            jobs.wait(ids["running"], timeout=0.3, interval=0.05, on_change=lambda j: seen.append(j.status))
+        assert timed_out.value.last is not None and timed_out.value.last.status is Status.ACTIVE
+        assert seen == [Status.ACTIVE]  # reported once: nothing changed
+        with pytest.raises(JobNotFound):
+            jobs.wait("nobody", timeout=5, missing_grace=0.2)
+
+        for name in ("queued", "running"):
+            outcome = jobs.cancel(ids[name])
+            assert (outcome.requested, outcome.already, outcome.finished) == (True, False, False)
+            assert "cancellation requested" in outcome.describe()
+            assert jobs.status(ids[name]).cancel_requested_at == outcome.cancel_requested_at is not None
+            key = DEFAULT_PREFIX + ids[name]
+            assert client.get(key) == b"1" and DEFAULT_TTL - 60 < client.ttl(key) <= DEFAULT_TTL
+        again = jobs.cancel(ids["running"])
+        assert (again.requested, again.already) == (True, True)
+
+        finished = jobs.cancel(ids["done"])
+        assert (finished.requested, finished.finished, finished.status) == (False, True, Status.COMPLETED)
+        assert "already finished (completed); nothing to cancel" in finished.describe()
+        assert client.exists(DEFAULT_PREFIX + ids["done"]) == 0
+        with pytest.raises(JobNotFound):
+            jobs.cancel("nobody")
+        assert client.exists(DEFAULT_PREFIX + "nobody") == 0
+    finally:
+        jobs.close()
+        client.close()
+
+
+def test_jobs_api_through_supabase_rest(
+    database_url: str, redis_url: str, three_jobs: tuple[Owner, dict[str, str]]
+) -> None:
+    """status and cancel through the real supabase client and the PostgREST stand-in (which
+    cannot order or limit, so listing is only tested on PostgreSQL)."""
+    owner, ids = three_jobs
+    stand_in = PostgrestStandIn(database_url)
+    http = httpx.Client(transport=stand_in)
+    jobs = Jobs(
+        Settings(redis_url=redis_url),
+        reader=SupabaseReader(STAND_IN_URL, service_key(), http_client=http),
+    )
+    try:
+        running = jobs.status(ids["running"])
+        assert (running.status, running.progress, running.user_id) == (Status.ACTIVE, 40, owner.user_id)
+        assert running.updated_at is not None and running.updated_at.tzinfo is not None
+        with pytest.raises(JobNotFound):
+            jobs.status("nobody")
+        outcome = jobs.cancel(ids["running"])
+        assert (outcome.requested, outcome.already) == (True, False)
+        assert jobs.cancel(ids["done"]).finished
+        with pytest.raises(JobNotFound):
+            jobs.cancel("nobody")
+        assert {(c.method, c.path, c.role) for c in stand_in.log} == {
+            ("GET", "/rest/v1/job_status", "service_role"),
+            ("POST", "/rest/v1/rpc/job_status_request_cancel", "service_role"),
+        }
+    finally:
+        jobs.close()
+        http.close()
+        stand_in.close()
+
+
+# -- the worker side on a StubBroker ------------------------------------------------------
+
+
+class Recorder:
+    """A StatusStore that records events (the SQL state machine is tested elsewhere)."""
+
+    def __init__(self) -> None:
+        self.events: list[StatusEvent] = []
+        self.lock = threading.Lock()
+
+    def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        with self.lock:
+            self.events.extend(events)
+        return [Outcome(e.job_id, APPLIED) for e in events]
+
+    def close(self) -> None:
+        return None
+
+    def final(self, job_id: str) -> StatusEvent | None:
+        with self.lock:
+            mine = [e for e in self.events if e.job_id == job_id and e.status.terminal]
+        return mine[-1] if mine else None
+
+
+class Payload(BaseModel):
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    steps: int = 1000
+
+
+OWNER = {"tenant_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
+
+
+@pytest.fixture
+def stub(redis_url: str) -> Iterator[tuple[StubBroker, RedisCancelFlags, Recorder]]:
+    client = redis.Redis.from_url(redis_url)
+    flags = RedisCancelFlags(client)
+    recorder = Recorder()
+    writer = StatusWriter(lambda: recorder, flush_interval=0.01)
+    broker = StubBroker(
+        middleware=[AgeLimit(), TimeLimit(), Retries(min_backoff=10, max_backoff=20), CurrentMessage()]
+    )
+    broker.add_middleware(
+        JobStatusMiddleware(writer, is_cancel_requested=flags.is_requested), before=AgeLimit
+    )
+    broker.add_middleware(PayloadValidation(), before=AgeLimit)
+    previous = dramatiq.broker.global_broker
+    dramatiq.set_broker(broker)
+    yield broker, flags, recorder
+    dramatiq.broker.global_broker = previous
+    broker.close()
+    writer.close()
+    client.close()
+
+
+def run_worker(broker: StubBroker) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    return worker
+
+
+def test_a_running_job_stops_at_its_next_checkpoint_and_is_not_retried(
+    stub: tuple[StubBroker, RedisCancelFlags, Recorder],
+) -> None:
+    broker, flags, recorder = stub
+    started = threading.Event()
+    runs: list[int] = []
+    swallowed: list[BaseException] = []
+
+    class Boom(Exception):
+        pass
+
+    @dramatiq.actor(track_status=True, payload_model=Payload, throws=(Boom,), max_retries=5)
+    def slow(payload: dict[str, Any]) -> None:
+        runs.append(1)
+        started.set()
+        for step in range(payload.get("steps", 1000)):
+            try:
+                progress.report(step % 100, f"step {step}")
+            except Exception as exc:  # an actor's broad except must not swallow a cancellation
+                swallowed.append(exc)
+            time.sleep(0.01)
+
+    # the middlewares add what must never be retried to the actor's own list
+    assert set(slow.options["throws"]) == {Boom, InvalidPayloadError, JobCancelled}
+    message = slow.send(dict(OWNER))
+    worker = run_worker(broker)
+    try:
+        assert started.wait(10)
+        time.sleep(0.2)  # let it report a few times
+        flags.request(message.message_id)
+        final = wait_for(lambda: recorder.final(message.message_id), timeout=10, what="the final event")
+    finally:
+        worker.stop()
+    assert final.status is Status.CANCELLED and final.attempt == 1
+    assert 0 < (final.progress or 0) < 100  # where it stopped
+    assert runs == [1] and swallowed == []
+    assert [m.message_id for m in broker.dead_letters] == [message.message_id]  # failed, not retried
+    assert not any(e.status is Status.RETRYING for e in recorder.events)
+    assert broker.queues[slow.queue_name].qsize() == 0
+    assert broker.queues[dramatiq.common.dq_name(slow.queue_name)].qsize() == 0  # no retry waits
+
+
+def test_a_queued_job_is_skipped_when_picked_up_and_the_actor_never_runs(
+    stub: tuple[StubBroker, RedisCancelFlags, Recorder],
+) -> None:
+    broker, flags, recorder = stub
+    runs: list[str] = []
+
+    @dramatiq.actor(track_status=True)
+    def never(payload: dict[str, Any]) -> None:
+        runs.append("ran")
+
+    cancelled = never.send(dict(OWNER))
+    kept = never.send(dict(OWNER))
+    flags.request(cancelled.message_id)
+    worker = run_worker(broker)
+    try:
+        final = wait_for(lambda: recorder.final(cancelled.message_id), timeout=10, what="the cancelled job")
+        other = wait_for(lambda: recorder.final(kept.message_id), timeout=10, what="the other job")
+    finally:
+        worker.stop()
+    assert (final.status, other.status) == (Status.CANCELLED, Status.COMPLETED)
+    assert runs == ["ran"]  # the other one
+
+
+def test_an_invalid_payload_is_refused_at_send_and_fails_without_retry_at_run(
+    stub: tuple[StubBroker, RedisCancelFlags, Recorder],
+) -> None:
+    broker, _flags, recorder = stub
+    runs: list[int] = []
+
+    @dramatiq.actor(track_status=True, payload_model=Payload, max_retries=5)
+    def checked(payload: dict[str, Any]) -> None:
+        runs.append(1)
+
+    with pytest.raises(InvalidPayloadError) as refused:
+        checked.send({**OWNER, "steps": "many"})
+    assert isinstance(refused.value, dramatiq.middleware.MiddlewareError)
+    assert [(e["loc"], e["type"]) for e in refused.value.errors] == [(("steps",), "int_parsing")]
+    assert "invalid payload for checked: 1 validation error: steps:" in str(refused.value)
+    assert broker.queues[checked.queue_name].qsize() == 0
+
+    # a message that slipped past (an old producer): enqueued without the check
+    validation = next(m for m in broker.middleware if isinstance(m, PayloadValidation))
+    broker.middleware.remove(validation)
+    slipped = checked.send({**OWNER, "steps": "many"})
+    broker.middleware.insert(1, validation)
+    worker = run_worker(broker)
+    try:
+        final = wait_for(lambda: recorder.final(slipped.message_id), timeout=10, what="the slipped job")
+    finally:
+        worker.stop()
+    assert (final.status, final.attempt, final.error_type) == (Status.FAILED, 1, "InvalidPayloadError")
+    assert "steps: Input should be a valid integer" in (final.error_message or "")
+    assert runs == []
+    assert not any(e.status is Status.RETRYING for e in recorder.events)
