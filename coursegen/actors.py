@@ -25,11 +25,13 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from middleware import JobStatusMiddleware, StatusWriter, progress
+from middleware import JobStatusMiddleware, PayloadValidation, RedisCancelFlags, StatusWriter, progress
+from middleware.events import DEFAULT_MAX_RESULT_BYTES
 from middleware.outbox import OutboxStore, RedisOutbox
 from middleware.prometheus import WorkerPrometheus
 from middleware.stores.base import StatusStore
 
+from .course import CourseGenerationError, CourseRequest, ProgressCallback, build_course, course_result
 from .settings import NO_STORE_MESSAGE, ConfigurationError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -113,12 +115,17 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware]:
         retry_attempts=settings.retry_attempts,
         retry_seconds=settings.retry_seconds,
     )
-    status = JobStatusMiddleware(writer)
+    # a job whose cancellation was requested (coursegen.jobs.cancel) is skipped when picked up,
+    # or stopped at its next progress checkpoint
+    status = JobStatusMiddleware(writer, is_cancel_requested=RedisCancelFlags(broker.client).is_requested)
     if settings.status_sync:
         broker.add_middleware(status, before=AgeLimit)
         broker.add_middleware(RequireStatusStore(kind))
     else:  # actors still declare track_status=True; only the option is known, no hooks run
         broker.add_middleware(TrackStatusOption())
+    # payloads checked against the actor's payload_model at send() and again before running;
+    # after the status middleware, which must see a message first to record its failure
+    broker.add_middleware(PayloadValidation(), before=AgeLimit)
     if settings.metrics:  # right after the status middleware: it must stay first
         broker.add_middleware(WorkerPrometheus(), before=AgeLimit)
     return broker, status
@@ -129,23 +136,41 @@ broker, status_middleware = build_broker(settings)
 dramatiq.set_broker(broker)
 
 
-class CourseGenerationError(Exception):
-    """The request cannot become a course; retrying will not change that."""
+#: a course larger than this (encoded JSON) is stored as its outline, saying so
+MAX_RESULT_BYTES = DEFAULT_MAX_RESULT_BYTES
 
 
-@dramatiq.actor(queue_name=QUEUE, track_status=True, throws=(CourseGenerationError,))
+def _reporter(pace: float) -> ProgressCallback:
+    """Progress of the pipeline -> ``progress.report`` (each report is also a cancellation
+    checkpoint). With a demo pace, each of the five stages lingers ``pace`` seconds when it
+    starts, checking for cancellation as it waits."""
+    stages: list[str] = []
+
+    def report(stage: str, percent: int, message: str) -> None:
+        progress.report(percent, f"{stage}: {message}")
+        if pace <= 0 or stage in stages:
+            return
+        stages.append(stage)
+        deadline = time.monotonic() + pace
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+            progress.checkpoint()
+
+    return report
+
+
+@dramatiq.actor(
+    queue_name=QUEUE,
+    track_status=True,
+    payload_model=CourseRequest,
+    throws=(CourseGenerationError,),
+)
 def generate_course(payload: dict[str, Any]) -> dict[str, Any]:
-    """Build a course from the payload's source material (the full pipeline is issue [3/6])."""
-    stages = ("ingest", "outline", "lessons", "quizzes", "assemble")
-    sources = payload.get("sources") or []
-    words = 0
-    for number, stage in enumerate(stages):
-        progress.report(number * 100 // len(stages), stage)
-        if stage == "ingest":
-            texts = [str(s.get("text", "")) for s in sources if isinstance(s, dict)]
-            words = sum(len(text.split()) for text in texts)
-            if words < 50:
-                raise CourseGenerationError(f"the sources hold {words} words; a course needs at least 50")
-        if settings.demo_pace:
-            time.sleep(settings.demo_pace)
-    return {"title": str(payload.get("title") or "Untitled course"), "sources": len(sources), "words": words}
+    """Build a course from a :class:`~coursegen.course.CourseRequest` payload.
+
+    The course (JSON) is the job's result; above ``MAX_RESULT_BYTES`` its outline, marked
+    ``"truncated": true``. Material too thin for a course fails without retries.
+    """
+    request = CourseRequest.model_validate(payload)
+    course = build_course(request, progress=_reporter(settings.demo_pace))
+    return course_result(course, MAX_RESULT_BYTES)
