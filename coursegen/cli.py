@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .settings import ConfigurationError, load_settings
 
+if TYPE_CHECKING:
+    from .jobs import JobStatus
+
 logger = logging.getLogger("coursegen")
+
+# Exit codes (also in `coursegen --help`)
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed; or nothing was cancelled (it had finished); or migrate failed
+EXIT_CONFIG = 2  # missing or invalid configuration, invalid request, bad arguments
+EXIT_UNREACHABLE = 3  # Redis, PostgreSQL or Supabase cannot be reached
+EXIT_UNKNOWN_JOB = 4
+EXIT_CANCELLED = 5  # watch: the job was cancelled or skipped
+EXIT_TIMEOUT = 124  # watch: still running when --timeout ran out
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success (watch: the job completed)
+  1    the job failed (watch); nothing to cancel, the job had finished (cancel)
+  2    missing or invalid configuration, invalid request or arguments
+  3    a service (Redis, PostgreSQL, Supabase) cannot be reached
+  4    no such job
+  5    the job was cancelled or skipped (watch)
+  124  the job was still running when --timeout ran out (watch)
+
+environment: REDIS_URL (submit, cancel), DATABASE_URL or SUPABASE_URL with
+SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel, migrate needs DATABASE_URL)"""
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"coursegen {command}: {message}", file=sys.stderr)
+    return code
+
+
+# -- migrate, dev ---------------------------------------------------------------------------
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -22,15 +58,15 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         applied = migrate(settings.require_database_url())
     except psycopg.OperationalError as exc:
         print(f"coursegen migrate: cannot reach the database ({type(exc).__name__})", file=sys.stderr)
-        return 3
+        return EXIT_UNREACHABLE
     except MigrationError as exc:
         print(f"coursegen migrate: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if applied:
         print("applied: " + ", ".join(applied))
     else:
         print("nothing to apply: the database is up to date")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -39,27 +75,225 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, jobs=args.jobs, pace=args.pace, keep=args.keep)
 
 
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .jobs import Jobs
+
+    sources = []
+    for name in args.files:
+        try:
+            if name == "-":
+                text, title = sys.stdin.read(), "stdin"
+            else:
+                path = Path(name)
+                text, title = path.read_text(encoding="utf-8"), path.stem
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            return _fail("submit", f"cannot read {name}: {reason}", EXIT_CONFIG)
+        sources.append({"title": title, "text": text})
+    request: dict[str, Any] = {
+        "tenant_id": args.tenant,
+        "user_id": args.user,
+        "audience": args.audience,
+        "sources": sources,
+    }
+    if args.title is not None:
+        request["title"] = args.title
+    if args.modules is not None:
+        request["modules"] = args.modules
+    job_id = Jobs(load_settings()).submit(request)
+    print(job_id)
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .jobs import Jobs
+    from .render import status_block
+
+    job = Jobs(load_settings()).status(args.job_id)
+    if args.json:
+        print(json.dumps(job.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(status_block(job))
+    return EXIT_OK
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from middleware.events import Status
+
+    from .jobs import Jobs
+    from .render import progress_line
+
+    tty = sys.stdout.isatty()
+    shown = [0]
+
+    def show(job: JobStatus) -> None:
+        line = progress_line(job)
+        if tty:
+            pad = max(0, shown[0] - len(line))
+            sys.stdout.write("\r" + line + " " * pad)
+            shown[0] = len(line)
+        else:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    final = Jobs(load_settings()).wait(
+        args.job_id, timeout=args.timeout, interval=args.interval, missing_grace=2.0, on_change=show
+    )
+    if tty:
+        sys.stdout.write("\n")
+    if final.status is Status.COMPLETED:
+        return EXIT_OK
+    if final.status is Status.FAILED:
+        return EXIT_FAILED
+    return EXIT_CANCELLED
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from .jobs import Jobs
+    from .render import outcome_detail, table, when
+
+    listed = Jobs(load_settings()).list(
+        status=args.status, user_id=args.user, tenant_id=args.tenant, limit=args.limit
+    )
+    if args.json:
+        print(json.dumps([job.as_dict() for job in listed], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not listed:
+        print("no jobs")
+        return EXIT_OK
+    rows = [
+        [
+            job.job_id,
+            job.status.value,
+            f"{job.progress}%",
+            str(job.attempt),
+            when(job.updated_at),
+            (
+                outcome_detail(job.status, job.result, job.error_type, job.error_message)
+                if job.status.terminal
+                else job.progress_message or ""
+            ),
+        ]
+        for job in listed
+    ]
+    print(table(["JOB", "STATUS", "PROGRESS", "ATTEMPT", "UPDATED", "DETAIL"], rows))
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .jobs import Jobs
+
+    outcome = Jobs(load_settings()).cancel(args.job_id)
+    print(outcome.describe())
+    return EXIT_OK if outcome.requested else EXIT_FAILED
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from middleware.events import Status
+
+    from .course import MAX_MODULES, Audience
+
     parser = argparse.ArgumentParser(
         prog="coursegen",
         description="Generate courses in the background and follow their status.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    migrate = commands.add_parser(
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    submit = command(
+        "submit",
+        "send source documents to be turned into a course; prints the job id",
+        "Send FILEs (markdown or plain text, UTF-8; '-' reads stdin) as one course request and "
+        "print the job's id. Needs REDIS_URL; the workers do the rest.",
+    )
+    submit.add_argument("files", nargs="+", metavar="FILE", help="source documents (1 to 20, 2 MiB in all)")
+    submit.add_argument("--title", help="the course's title (default: the first document's heading)")
+    submit.add_argument("--tenant", required=True, metavar="ID", help="organization id (UUID)")
+    submit.add_argument("--user", required=True, metavar="ID", help="user id (UUID) the job belongs to")
+    submit.add_argument(
+        "--audience",
+        choices=[a.value for a in Audience],
+        default=Audience.INTERMEDIATE.value,
+        help="how much each lesson holds (default: %(default)s)",
+    )
+    submit.add_argument(
+        "--modules", type=int, metavar="N", help=f"number of modules, 1 to {MAX_MODULES} (default: automatic)"
+    )
+    submit.set_defaults(func=_cmd_submit)
+
+    status = command(
+        "status",
+        "show a job's status",
+        "Show a job's row: status, progress, attempt, times, error. Needs DATABASE_URL, or "
+        "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.",
+    )
+    status.add_argument("job_id", metavar="JOB_ID")
+    status.add_argument("--json", action="store_true", help="the whole row as JSON, result included")
+    status.set_defaults(func=_cmd_status)
+
+    watch = command(
+        "watch",
+        "follow a job with a live progress bar until it ends",
+        "Follow a job until it ends, with a progress bar (one line per change when the output "
+        "is not a terminal). The exit code tells how it ended.",
+    )
+    watch.add_argument("job_id", metavar="JOB_ID")
+    watch.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
+    watch.add_argument("--interval", type=float, default=0.25, metavar="S", help="poll every S seconds")
+    watch.set_defaults(func=_cmd_watch)
+
+    jobs = command(
+        "jobs",
+        "list the latest jobs as a table",
+        "List the latest jobs, newest first, optionally of one status, user or tenant.",
+    )
+    jobs.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
+    jobs.add_argument("--user", metavar="ID", help="only this user's jobs")
+    jobs.add_argument("--tenant", metavar="ID", help="only this organization's jobs")
+    jobs.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default: 20)")
+    jobs.add_argument("--json", action="store_true", help="the rows as JSON")
+    jobs.set_defaults(func=_cmd_jobs)
+
+    cancel = command(
+        "cancel",
+        "cancel a queued or running job",
+        "Request cancellation: a queued job ends 'cancelled' without running, a running one at "
+        "its next progress checkpoint. A finished job is left alone (exit code 1).",
+    )
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.set_defaults(func=_cmd_cancel)
+
+    migrate = command(
         "migrate",
-        help="apply pending database migrations (reads DATABASE_URL)",
-        description="Apply supabase/migrations to DATABASE_URL, recording versions as the Supabase CLI "
+        "apply pending database migrations (reads DATABASE_URL)",
+        "Apply supabase/migrations to DATABASE_URL, recording versions as the Supabase CLI "
         "does. On plain PostgreSQL (no auth schema) the local Supabase base is applied first.",
     )
     migrate.set_defaults(func=_cmd_migrate)
 
-    dev = commands.add_parser(
+    dev = command(
         "dev",
-        help="run the whole stack locally (embedded Redis and PostgreSQL) and send a few jobs",
-        description="Start an embedded Redis and PostgreSQL, migrate, start a real `dramatiq "
-        "coursegen.actors` worker, send jobs and print their status rows as they change.",
+        "run the whole stack locally (embedded Redis and PostgreSQL) and generate a few courses",
+        "Start an embedded Redis and PostgreSQL, migrate, start a real `dramatiq "
+        "coursegen.actors` worker, send course requests built from the bundled samples, and "
+        "show their progress bars until they end.",
     )
     dev.add_argument("--workdir", default=".coursegen/dev", help="where the servers keep their data")
     dev.add_argument("--jobs", type=int, default=3, help="how many courses to generate")
@@ -70,17 +304,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .jobs import InvalidRequestError, JobNotFound, JobsError, ServiceUnavailable, WaitTimeout
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    command = args.command
     try:
         return int(args.func(args))
     except ConfigurationError as exc:
-        print(f"coursegen {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(command, str(exc), EXIT_CONFIG)
+    except InvalidRequestError as exc:
+        return _fail(command, str(exc), EXIT_CONFIG)
+    except ValueError as exc:  # bad ids given on the command line
+        return _fail(command, str(exc), EXIT_CONFIG)
+    except JobNotFound as exc:
+        return _fail(command, str(exc), EXIT_UNKNOWN_JOB)
+    except ServiceUnavailable as exc:
+        return _fail(command, str(exc), EXIT_UNREACHABLE)
+    except WaitTimeout as exc:
+        if sys.stdout.isatty():
+            print()
+        return _fail(command, str(exc), EXIT_TIMEOUT)
+    except JobsError as exc:
+        return _fail(command, str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
 

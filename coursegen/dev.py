@@ -1,9 +1,10 @@
 """``coursegen dev``: the whole stack on this machine, behind ``make demo``.
 
 Starts an embedded Redis (Valkey) and PostgreSQL, migrates, seeds one organization and one
-user, starts a real ``dramatiq coursegen.actors`` worker, sends courses built from the bundled
-sample documents (and one request too thin to become a course), prints every change of their
-status rows, then stops everything.
+user, starts a real ``dramatiq coursegen.actors`` worker and generates courses from the bundled
+sample documents: one progress bar per job, read from the ``job_status`` rows as they change.
+One more request is too thin to become a course (it fails), and one more is cancelled while it
+runs. At the end it shows what one of the courses looks like, then stops everything.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .jobs import Jobs, JobStatus
 
 DEMO_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 DEMO_USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 SAMPLES = Path(__file__).resolve().parent / "samples"
-TERMINAL = {"completed", "failed", "cancelled", "skipped"}
+THIN = "Just a few words."
 
 
-def _say(text: str) -> None:
+def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
@@ -42,59 +46,102 @@ def _seed(conninfo: str) -> None:
         )
 
 
-def _payloads(jobs: int) -> list[dict[str, Any]]:
+def _request(title: str, sources: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    owner = {"tenant_id": str(DEMO_TENANT), "user_id": str(DEMO_USER)}
+    return {**owner, "title": title, "sources": sources, **extra}
+
+
+def _requests(jobs: int) -> list[tuple[str, dict[str, Any]]]:
+    """(label, request): courses from the samples, a thin one, and one to cancel."""
     docs = sorted(SAMPLES.glob("*.md"))
-    payloads = []
+    out = []
     for i in range(max(jobs, 1)):
         doc = docs[i % len(docs)]
-        payloads.append(
-            {
-                "tenant_id": str(DEMO_TENANT),
-                "user_id": str(DEMO_USER),
-                "title": doc.stem.replace("-", " ").title(),
-                "sources": [{"title": doc.stem, "text": doc.read_text(encoding="utf-8")}],
-            }
-        )
-    payloads.append(
-        {
-            "tenant_id": str(DEMO_TENANT),
-            "user_id": str(DEMO_USER),
-            "title": "Too thin",
-            "sources": [{"title": "note", "text": "Just a few words."}],
-        }
-    )
-    return payloads
+        title = doc.stem.replace("-", " ").title()
+        source = [{"title": doc.stem, "text": doc.read_text(encoding="utf-8")}]
+        out.append((title, _request(title, source)))
+    out.append(("Too thin", _request("Too thin", [{"title": "note", "text": THIN}])))
+    everything = [{"title": d.stem, "text": d.read_text(encoding="utf-8")} for d in docs]
+    out.append(("Cancel me", _request("Cancel me", everything, audience="advanced")))
+    return out
 
 
-def _watch(conninfo: str, titles: dict[str, str], timeout: float) -> dict[str, dict[str, Any]]:
-    import psycopg
-    from psycopg.rows import dict_row
+class _Board:
+    """One progress line per job: redrawn in place on a terminal, else printed on change."""
 
-    seen: dict[str, tuple[Any, ...]] = {}
-    rows: dict[str, dict[str, Any]] = {}
-    started = time.monotonic()
-    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
-        while time.monotonic() - started < timeout:
-            for row in conn.execute(
-                "select job_id, status::text as status, progress, progress_message, attempt, error_message "
-                "from public.job_status where job_id = any(%s)",
-                (list(titles),),
-            ):
-                rows[row["job_id"]] = row
-                key = (row["status"], row["progress"], row["progress_message"])
-                if seen.get(row["job_id"]) != key:
-                    seen[row["job_id"]] = key
-                    bar = "#" * (row["progress"] // 10)
-                    detail = row["progress_message"] or row["error_message"] or ""
-                    _say(
-                        f"  {time.monotonic() - started:6.2f}s  {row['job_id'][:8]}  "
-                        f"{titles[row['job_id']][:18]:<18}  {row['status']:<9} "
-                        f"[{bar:<10}] {row['progress']:3d}%  {detail}"
-                    )
-            if len(rows) == len(titles) and all(r["status"] in TERMINAL for r in rows.values()):
-                break
-            time.sleep(0.1)
-    return rows
+    def __init__(self, labels: dict[str, str]) -> None:
+        from .render import progress_line
+
+        self._line = progress_line
+        self.labels = labels
+        self.tty = sys.stdout.isatty()
+        self.lines: dict[str, str] = {job_id: "pending" for job_id in labels}
+        self.drawn = False
+
+    def update(self, job: JobStatus) -> None:
+        line = self._line(job)
+        if self.lines.get(job.job_id) == line:
+            return
+        self.lines[job.job_id] = line
+        if not self.tty:
+            _say(f"  {job.job_id[:8]}  {self.labels[job.job_id][:16]:<16}  {line}")
+
+    def draw(self) -> None:
+        if not self.tty:
+            return
+        width = shutil.get_terminal_size((100, 20)).columns
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{len(self.lines)}A")
+        for job_id, line in self.lines.items():
+            text = f"  {job_id[:8]}  {self.labels[job_id][:16]:<16}  {line}"
+            sys.stdout.write("\x1b[2K" + text[: width - 1] + "\n")
+        sys.stdout.flush()
+        self.drawn = True
+
+
+def _follow(jobs: Jobs, labels: dict[str, str], cancel_id: str, timeout: float) -> dict[str, JobStatus]:
+    from .jobs import JobNotFound
+
+    board = _Board(labels)
+    latest: dict[str, JobStatus] = {}
+    cancel_sent = False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job_id in labels:
+            try:
+                job = jobs.status(job_id)
+            except JobNotFound:
+                continue
+            latest[job_id] = job
+            board.update(job)
+        board.draw()
+        victim = latest.get(cancel_id)
+        if not cancel_sent and victim is not None and victim.progress >= 25:
+            outcome = jobs.cancel(cancel_id)
+            cancel_sent = True
+            if not board.tty:
+                _say(f"  -> {outcome.describe()}")
+        if len(latest) == len(labels) and all(j.finished for j in latest.values()):
+            break
+        time.sleep(0.1)
+    return latest
+
+
+def _show_course(course: dict[str, Any]) -> None:
+    _say(f'What a course looks like: "{course["title"]}" ({course["stats"]["minutes"]} minutes)')
+    _say(f"  {course['summary'][:300]}")
+    for module in course["modules"]:
+        _say(f"  Module: {module['title']}")
+        for lesson in module["lessons"]:
+            terms = ", ".join(t["term"] for t in lesson["key_terms"][:4])
+            _say(f"    - {lesson['title']}  ({len(lesson['quiz'])} questions; key terms: {terms})")
+    quiz = next((q for m in course["modules"] for lesson in m["lessons"] for q in lesson["quiz"]), None)
+    if quiz is not None:
+        _say("  A quiz question:")
+        _say(f"    {quiz['prompt']}")
+        for i, choice in enumerate(quiz["choices"]):
+            mark = "*" if i == quiz["answer"] else " "
+            _say(f"     {mark} {chr(97 + i)}) {choice}")
 
 
 def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = False) -> int:
@@ -133,22 +180,30 @@ def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = Fal
             worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
         os.environ.update({k: env[k] for k in ("REDIS_URL", "DATABASE_URL")})
-        from . import actors
+        from .jobs import Jobs
 
-        titles = {}
-        for payload in _payloads(jobs):
-            message = actors.generate_course.send(payload)
-            titles[message.message_id] = payload["title"]
-        actors.status_middleware.writer.flush(timeout=10)
-        _say(f"Sent {len(titles)} jobs. Status rows as they change (job_status in PostgreSQL):")
-        rows = _watch(conninfo, titles, timeout=60 + 10 * pace * len(titles))
+        client = Jobs()
+        labels: dict[str, str] = {}
+        for label, request in _requests(jobs):
+            labels[client.submit(request)] = label
+        cancel_id = next(job_id for job_id, label in labels.items() if label == "Cancel me")
+        _say(f"Submitted {len(labels)} course requests. Their job_status rows as they change:")
+        latest = _follow(client, labels, cancel_id, timeout=60 + 10 * pace * len(labels))
 
+        _say()
         _say("Final rows:")
-        for job_id, title in titles.items():
-            row = rows.get(job_id) or {"status": "missing", "attempt": "-"}
-            detail = row.get("error_message") or ""
-            _say(f"  {job_id[:8]}  {title[:18]:<18}  {row['status']:<9}  attempt {row['attempt']}  {detail}")
-        complete = len(rows) == len(titles) and all(r["status"] in TERMINAL for r in rows.values())
+        for job_id, label in labels.items():
+            job = latest.get(job_id)
+            status = job.status.value if job else "missing"
+            attempt = job.attempt if job else "-"
+            detail = (job.error_message or "") if job else ""
+            _say(f"  {job_id[:8]}  {label[:16]:<16}  {status:<9}  attempt {attempt}  {detail}")
+        done = [j for j in latest.values() if j.status.value == "completed" and isinstance(j.result, dict)]
+        if done:
+            _say()
+            _show_course(done[0].result)
+        client.close()
+        complete = len(latest) == len(labels) and all(j.finished for j in latest.values())
         return 0 if complete else 1
     finally:
         if worker is not None:

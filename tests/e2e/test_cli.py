@@ -1,0 +1,166 @@
+"""The `coursegen` command as a user runs it: submit, watch, status, jobs, cancel against a real
+worker, real Redis and PostgreSQL; and one clear line with a distinct exit code for each way it
+can go wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from middleware.events import Owner
+from tests.support.db import create_owner, fetch_rows, wait_for
+from tests.support.processes import BIN, app_env, dramatiq_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def coursegen(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "coursegen"), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def submit(env: dict[str, str], owner: Owner, *args: str) -> str:
+    done = coursegen(env, "submit", *args, "--tenant", owner.tenant_id, "--user", owner.user_id)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert UUID.match(job_id), done.stdout
+    return job_id
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_submit_watch_status_jobs_and_cancel(database_url: str, redis_url: str, tmp_path: Path) -> None:
+    owner = create_owner(database_url)
+    env = app_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    worker_env = {**env, "COURSEGEN_DEMO_PACE": "1"}  # about five seconds a course
+    thin = tmp_path / "thin.txt"
+    thin.write_text("Far too short for a course.", encoding="utf-8")
+    with dramatiq_worker(worker_env, tmp_path / "worker.log", threads=2) as worker:
+        course = submit(env, owner, str(DATA / "printing-press.md"), "--title", "Print", "--modules", "3")
+        watched = coursegen(env, "watch", course)
+        assert watched.returncode == 0, watched.stderr
+        lines = watched.stdout.strip().splitlines()
+        assert lines[0].startswith(("pending", "active"))
+        assert any(
+            re.match(r"active +\[#+-+\] +\d+%  (ingest|outline|lessons|quizzes):", line) for line in lines
+        )
+        assert lines[-1].startswith("completed ") and '"Print": 3 modules' in lines[-1]
+
+        status = coursegen(env, "status", course)
+        assert status.returncode == 0
+        assert f"job       {course}  (generate_course on course-generation)" in status.stdout
+        assert re.search(r"^status +completed +\[#{24}\] 100%", status.stdout, re.M)
+        as_json = json.loads(coursegen(env, "status", course, "--json").stdout)
+        assert (as_json["status"], as_json["attempt"], as_json["user_id"]) == ("completed", 1, owner.user_id)
+        assert len(as_json["result"]["modules"]) == 3
+
+        failing = submit(env, owner, str(thin))
+        watched = coursegen(env, "watch", failing)
+        assert watched.returncode == 1
+        assert "CourseGenerationError: the sources hold 6 words" in watched.stdout.splitlines()[-1]
+
+        running = submit(env, owner, str(DATA / "honeybees.txt"), str(DATA / "python-execution-model.txt"))
+        wait_for(
+            lambda: fetch_rows(database_url, [running]).get(running, {}).get("status") == "active",
+            timeout=30,
+            what="the job to start",
+        )
+        cancelled = coursegen(env, "cancel", running)
+        assert cancelled.returncode == 0
+        assert cancelled.stdout.strip() == f"cancellation requested for job {running} (it was active)"
+        watched = coursegen(env, "watch", running)
+        assert watched.returncode == 5 and watched.stdout.splitlines()[-1].startswith("cancelled ")
+
+        again = coursegen(env, "cancel", course)
+        assert again.returncode == 1
+        assert again.stdout.strip() == f"job {course} already finished (completed); nothing to cancel"
+        assert worker.stop() == 0
+
+    table = coursegen(env, "jobs", "--user", owner.user_id)
+    assert table.returncode == 0
+    header, *rows = table.stdout.strip().splitlines()
+    assert header.split() == ["JOB", "STATUS", "PROGRESS", "ATTEMPT", "UPDATED", "DETAIL"]
+    assert [row.split()[:2] for row in rows] == [
+        [running, "cancelled"],
+        [failing, "failed"],
+        [course, "completed"],
+    ]
+    only_failed = coursegen(env, "jobs", "--status", "failed", "--json")
+    assert [job["job_id"] for job in json.loads(only_failed.stdout)] == [failing]
+    assert coursegen(env, "jobs", "--user", str(uuid.uuid4())).stdout.strip() == "no jobs"
+
+
+def test_every_command_explains_itself() -> None:
+    env = app_env()
+    top = coursegen(env, "--help")
+    assert top.returncode == 0
+    for command in ("submit", "status", "watch", "jobs", "cancel", "migrate", "dev"):
+        assert command in top.stdout
+        done = coursegen(env, command, "--help")
+        assert done.returncode == 0 and "exit codes:" in done.stdout, command
+    assert "--tenant ID" in coursegen(env, "submit", "--help").stdout
+
+
+def test_errors_are_one_clear_line_with_their_own_exit_code(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = app_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    owner = ("--tenant", str(uuid.uuid4()), "--user", str(uuid.uuid4()))
+    doc = str(DATA / "honeybees.txt")
+
+    for command in ("status", "watch", "cancel"):
+        one_line_error(coursegen(env, command, "no-such-job"), 4, f"coursegen {command}: no job no-such-job")
+
+    redis_only = app_env(REDIS_URL=redis_url)
+    for args in (("status", "x"), ("jobs",), ("cancel", "x"), ("watch", "x")):
+        one_line_error(
+            coursegen(redis_only, *args), 2, "DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"
+        )
+
+    no_database = app_env(
+        REDIS_URL=redis_url, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed_port()}/x"
+    )
+    one_line_error(coursegen(no_database, "status", "x"), 3, "coursegen status: cannot reach the database")
+    one_line_error(coursegen(no_database, "jobs"), 3, "cannot reach the database")
+    no_redis = app_env(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    one_line_error(coursegen(no_redis, "submit", doc, *owner), 3, "coursegen submit: cannot reach Redis")
+
+    bad_owner = ("--tenant", "acme", "--user", str(uuid.uuid4()))
+    one_line_error(
+        coursegen(env, "submit", doc, *bad_owner),
+        2,
+        "invalid course request: tenant_id: Input should be a valid UUID",
+    )
+    one_line_error(
+        coursegen(env, "submit", doc, *owner, "--modules", "40"), 2, "modules: Input should be less"
+    )
+    one_line_error(
+        coursegen(env, "submit", str(tmp_path / "missing.md"), *owner), 2, "cannot read", "missing.md"
+    )
+    one_line_error(coursegen(env, "jobs", "--user", "bob"), 2, "user_id must be a UUID")
+    bad_setting = {**env, "COURSEGEN_MAX_RETRIES": "lots"}
+    one_line_error(
+        coursegen(bad_setting, "submit", doc, *owner), 2, "invalid configuration", "COURSEGEN_MAX_RETRIES"
+    )
