@@ -31,7 +31,6 @@ from middleware import (
     RedisCancelFlags,
     progress,
 )
-from middleware.cancel import DEFAULT_PREFIX, DEFAULT_TTL
 from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.base import APPLIED, Outcome
 from middleware.writer import StatusWriter
@@ -112,6 +111,7 @@ def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
 ) -> None:
     owner, ids = three_jobs
     client = redis.Redis.from_url(redis_url)
+    worker_view = RedisCancelFlags(client, refresh=0)  # what a worker reads
     jobs = Jobs(Settings(redis_url=redis_url, database_url=database_url))
     try:
         running = jobs.status(ids["running"])
@@ -148,18 +148,17 @@ def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
             assert (outcome.requested, outcome.already, outcome.finished) == (True, False, False)
             assert "cancellation requested" in outcome.describe()
             assert jobs.status(ids[name]).cancel_requested_at == outcome.cancel_requested_at is not None
-            key = DEFAULT_PREFIX + ids[name]
-            assert client.get(key) == b"1" and DEFAULT_TTL - 60 < client.ttl(key) <= DEFAULT_TTL
+            assert worker_view.is_requested(ids[name])
         again = jobs.cancel(ids["running"])
         assert (again.requested, again.already) == (True, True)
 
         finished = jobs.cancel(ids["done"])
         assert (finished.requested, finished.finished, finished.status) == (False, True, Status.COMPLETED)
         assert "already finished (completed); nothing to cancel" in finished.describe()
-        assert client.exists(DEFAULT_PREFIX + ids["done"]) == 0
+        assert not worker_view.is_requested(ids["done"])
         with pytest.raises(JobNotFound):
             jobs.cancel("nobody")
-        assert client.exists(DEFAULT_PREFIX + "nobody") == 0
+        assert not worker_view.is_requested("nobody")
     finally:
         jobs.close()
         client.close()
@@ -198,6 +197,36 @@ def test_jobs_api_through_supabase_rest(
         stand_in.close()
 
 
+# -- the flags ------------------------------------------------------------------------------
+
+
+def calls(client: redis.Redis, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_workers_read_the_flags_once_per_refresh_not_once_per_message(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    producer = RedisCancelFlags(client)
+    worker = RedisCancelFlags(client, refresh=30)
+    assert worker.is_requested("a") is False  # the first call loads the set
+    before = calls(client, "zrangebyscore")
+    assert [worker.is_requested(f"job-{i}") for i in range(1000)] == [False] * 1000
+    assert calls(client, "zrangebyscore") == before  # answered from the local copy
+
+    assert producer.request("a") < producer.request("b")
+    assert worker.is_requested("a") is False  # not refreshed yet: seen at the next refresh
+    fresh = RedisCancelFlags(client, refresh=0.05)
+    assert fresh.is_requested("a") and fresh.is_requested("b") and not fresh.is_requested("c")
+    producer.request("c")
+    wait_for(lambda: fresh.is_requested("c"), timeout=5, interval=0.01, what="the next refresh")
+
+    small = RedisCancelFlags(client, key="job_status:test_trim", max_entries=3)
+    for i in range(5):
+        small.request(f"t{i}")
+    assert [m.decode() for m in client.zrange("job_status:test_trim", 0, -1)] == ["t2", "t3", "t4"]
+    client.close()
+
+
 # -- the worker side on a StubBroker ------------------------------------------------------
 
 
@@ -234,7 +263,7 @@ OWNER = {"tenant_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
 @pytest.fixture
 def stub(redis_url: str) -> Iterator[tuple[StubBroker, RedisCancelFlags, Recorder]]:
     client = redis.Redis.from_url(redis_url)
-    flags = RedisCancelFlags(client)
+    flags = RedisCancelFlags(client, refresh=0.05)
     recorder = Recorder()
     writer = StatusWriter(lambda: recorder, flush_interval=0.01)
     broker = StubBroker(
