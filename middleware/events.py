@@ -91,6 +91,7 @@ class StatusEvent:
     """One thing that happened to one job. Cheap to build: no validation, no I/O."""
 
     __slots__ = (
+        "_json",
         "actor_name",
         "attempt",
         "enqueued_at",
@@ -143,6 +144,7 @@ class StatusEvent:
         self.error_type = error_type
         self.error_message = error_message
         self.next_retry_at = next_retry_at
+        self._json: tuple[int, str] | None = None  # (max_result_bytes, encoding) of to_json
 
     def __repr__(self) -> str:
         return (
@@ -182,6 +184,20 @@ class StatusEvent:
         return out
 
     def to_json(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> str:
+        """Encode for the store or the outbox (cached: events are not changed once handed over).
+
+        Never raises on a bad result or text: a result that is not JSON (NaN, infinity, an
+        object) or larger than ``max_result_bytes`` is replaced by a summary that says so;
+        the status still lands.
+        """
+        cached = self._json
+        if cached is not None and cached[0] == max_result_bytes:
+            return cached[1]
+        text = self._encode(max_result_bytes)
+        self._json = (max_result_bytes, text)
+        return text
+
+    def _encode(self, max_result_bytes: int) -> str:
         """Encode for the store or the outbox. Never raises on a bad result or text.
 
         A result that is not JSON (NaN, infinity, an object) or larger than

@@ -140,7 +140,7 @@ class JobStatusMiddleware(Middleware):
             get_metrics().failures.labels("no_owner").inc()
             logger.error(
                 "Tracked message has no owner; its status is not recorded.",
-                extra={"action": "sync_no_owner", "job_id": message.message_id},
+                extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": message.message_id},
             )
             return
         self.writer.submit(
@@ -161,7 +161,7 @@ class JobStatusMiddleware(Middleware):
         logger.exception(
             "Job status hook %s failed; the job is unaffected.",
             hook,
-            extra={"action": "sync_hook_error", "job_id": message.message_id},
+            extra={"action": "sync_hook_error", "reason": "hook", "job_id": message.message_id},
         )
         try:
             get_metrics().failures.labels("hook").inc()

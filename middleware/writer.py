@@ -53,7 +53,8 @@ class StatusWriter:
       store_factory: builds the store, called once in the writer thread (so after any fork).
       outbox: where batches go when the store stays down, and where producers' events wait.
       flush_interval: seconds the thread gathers events before writing a batch.
-      max_batch: events per store round trip.
+      max_batch: events per batch.
+      max_batch_bytes: encoded size of one store round trip; a larger batch is split.
       max_buffer: jobs held in memory before backpressure starts.
       retry_attempts, retry_seconds: bounds of the tenacity retries of one batch.
       probe_interval: while degraded, seconds between attempts to reach the store again.
@@ -68,6 +69,7 @@ class StatusWriter:
         outbox: RedisOutbox | None = None,
         flush_interval: float = 0.05,
         max_batch: int = 500,
+        max_batch_bytes: int = 1_000_000,
         max_buffer: int = 20_000,
         retry_attempts: int = 5,
         retry_seconds: float = 5.0,
@@ -82,6 +84,7 @@ class StatusWriter:
         self.outbox = outbox
         self.flush_interval = flush_interval
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.max_buffer = max_buffer
         self.retry_attempts = retry_attempts
         self.retry_seconds = retry_seconds
@@ -296,8 +299,32 @@ class StatusWriter:
         self._record(metrics, batch, outcomes)
 
     def _apply(self, metrics: SyncMetrics, events: Sequence[StatusEvent], *, retry: bool) -> list[Outcome]:
-        """One batch, with tenacity retries on transient errors when ``retry``."""
+        """One batch, with tenacity retries on transient errors when ``retry``.
 
+        A batch larger than ``max_batch_bytes`` (encoded) goes in several round trips, so that
+        neither PostgREST nor the database is handed an oversized request.
+        """
+        outcomes: list[Outcome] = []
+        for chunk in self._chunks(events):
+            outcomes += self._apply_chunk(metrics, chunk, retry=retry)
+        return outcomes
+
+    def _chunks(self, events: Sequence[StatusEvent]) -> list[Sequence[StatusEvent]]:
+        chunks: list[Sequence[StatusEvent]] = []
+        start, size = 0, 0
+        for i, event in enumerate(events):
+            weight = len(event.to_json()) + 1  # cached on the event: the store reuses it
+            if i > start and size + weight > self.max_batch_bytes:
+                chunks.append(events[start:i])
+                start, size = i, 0
+            size += weight
+        if start < len(events):
+            chunks.append(events[start:])
+        return chunks
+
+    def _apply_chunk(
+        self, metrics: SyncMetrics, events: Sequence[StatusEvent], *, retry: bool
+    ) -> list[Outcome]:
         tries = 0
 
         def attempt() -> list[Outcome]:

@@ -223,3 +223,18 @@ def test_writer_writes_while_deprecation_warnings_are_errors(make_writer: Writer
         flushed = writer.flush(timeout=1)
     assert flushed
     assert store.events == [event]
+
+
+def test_a_batch_over_the_byte_bound_goes_in_several_round_trips(make_writer: WriterFactory) -> None:
+    """Rows and bytes are both bounded: PostgREST and the database never get an oversized body."""
+    store = RecordingStore()
+    writer = make_writer(store, max_batch=100, max_batch_bytes=4_000)
+    events = [make_event(f"big-{i}", Status.COMPLETED, 1, result={"text": "x" * 900}) for i in range(10)]
+    for event in events:
+        writer.submit(event)
+    assert writer.flush(timeout=5)
+
+    sizes = [sum(len(e.to_json()) + 1 for e in batch) for batch in store.batches]
+    assert len(store.batches) >= 3
+    assert all(size <= 4_000 for size in sizes)
+    assert sorted(e.job_id for batch in store.batches for e in batch) == sorted(e.job_id for e in events)
