@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,10 @@ class Bench:
             DATABASE_URL=self.url,
             COURSEGEN_STATUS_SYNC="1" if sync else "0",
             PYTHONPATH=str(ROOT),
+            # metrics stay on in both modes, as in production, on a port of our own
+            dramatiq_prom_db=str(self.workdir / "prometheus"),
+            dramatiq_prom_host="127.0.0.1",
+            dramatiq_prom_port=str(_free_port()),
         )
         return env
 
@@ -192,6 +197,12 @@ class Bench:
             peak_rss_mb=round(peak_rss / 1024 / 1024, 1),
             send_seconds=round(send_seconds, 2),
         )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _peak_rss(pid: int) -> int:
