@@ -168,6 +168,16 @@ class JobStatusMiddleware(Middleware):
         except Exception:  # metrics must never turn a logged failure into a crash
             logger.debug("could not count a hook failure", exc_info=True)
 
+    def _cancel_requested(self, message: Message[Any]) -> bool:
+        """The flag, or False when it cannot be read (logged and counted; the job runs)."""
+        if self.is_cancel_requested is None:
+            return False
+        try:
+            return bool(self.is_cancel_requested(message.message_id))
+        except Exception:  # noqa: BLE001 - an unreadable flag never stops the job's status
+            self._hook_failed("is_cancel_requested", message)
+            return False
+
     def check_cancelled(self, message: Message[Any]) -> None:
         """Raise :class:`JobCancelled` when cancellation of the running job was requested.
 
@@ -181,12 +191,7 @@ class JobStatusMiddleware(Middleware):
         if now - state.cancel_checked_at < self.cancel_check_interval:
             return
         state.cancel_checked_at = now
-        try:
-            requested = self.is_cancel_requested(message.message_id)
-        except Exception:  # noqa: BLE001 - a checkpoint never fails the job; logged and counted
-            self._hook_failed("check_cancelled", message)
-            return
-        if requested:
+        if self._cancel_requested(message):
             state.cancelled = True
             raise JobCancelled(message.message_id)
 
@@ -267,7 +272,7 @@ class JobStatusMiddleware(Middleware):
             state.job_id = message.message_id
             state.attempt = message.options.get("retries", 0) + 1
             state.started_at = round(time.time(), 6)
-            if self.is_cancel_requested is not None and self.is_cancel_requested(message.message_id):
+            if self._cancel_requested(message):
                 state.cancelled = True
             else:
                 self._emit(message, Status.ACTIVE, state.attempt, started_at=state.started_at)

@@ -384,3 +384,34 @@ def test_an_invalid_payload_is_refused_at_send_and_fails_without_retry_at_run(
     assert "steps: Input should be a valid integer" in (final.error_message or "")
     assert runs == []
     assert not any(e.status is Status.RETRYING for e in recorder.events)
+
+
+def test_an_unreadable_flag_never_stops_a_job_nor_its_status(
+    stub: tuple[StubBroker, RedisCancelFlags, Recorder],
+) -> None:
+    broker, _flags, recorder = stub
+    status = next(m for m in broker.middleware if isinstance(m, JobStatusMiddleware))
+
+    def unreachable(job_id: str) -> bool:
+        raise redis.ConnectionError("Redis went away")
+
+    status.is_cancel_requested = unreachable
+    status.cancel_check_interval = status.progress_interval = 0.0
+    submitted: list[StatusEvent] = []  # before the writer coalesces active into completed
+    submit = status.writer.submit
+    status.writer.submit = lambda event: (submitted.append(event), submit(event))[1]  # type: ignore[method-assign]
+
+    @dramatiq.actor(track_status=True)
+    def steady(payload: dict[str, Any]) -> str:
+        for step in range(5):
+            progress.report(step * 20, "working")
+        return "done"
+
+    message = steady.send(dict(OWNER))
+    worker = run_worker(broker)
+    try:
+        final = wait_for(lambda: recorder.final(message.message_id), timeout=10, what="the job")
+    finally:
+        worker.stop()
+    assert (final.status, final.result) == (Status.COMPLETED, "done")
+    assert [e.progress for e in submitted if e.status is Status.ACTIVE] == [None, 0, 20, 40, 60, 80]
