@@ -93,15 +93,29 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    server = LocalPostgres(tmp_path_factory.mktemp("pg") / "data", bindir=pg_bindir())
-    try:
-        server.start()
-    except (LocalServiceError, ImportError, OSError) as exc:
-        unavailable(f"cannot start PostgreSQL: {exc}")
+    server = start_postgres(tmp_path_factory.mktemp("pg") / "data")
     try:
         yield server.url()
     finally:
         server.stop()
+
+
+def start_postgres(data_dir: Path) -> LocalPostgres:
+    """A started cluster (from COURSEGEN_TEST_PG_BINDIR when set); unavailable() otherwise."""
+    server = LocalPostgres(data_dir, bindir=pg_bindir())
+    try:
+        server.start()
+    except (LocalServiceError, ImportError, OSError) as exc:
+        unavailable(f"cannot start PostgreSQL: {exc}")
+    return server
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+    """A cluster of this test's own, for tests that stop the database in the middle."""
+    server = start_postgres(tmp_path / "pg")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

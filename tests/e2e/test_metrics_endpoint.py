@@ -14,16 +14,14 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from coursegen.local import LocalPostgres, LocalServiceError
+from coursegen.local import LocalPostgres
 from coursegen.migrate import migrate
-from tests.conftest import pg_bindir, unavailable
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import app_env, dramatiq_worker, free_port, send_jobs
 
@@ -99,18 +97,6 @@ def per_process_counts(directory: Path, name: str, **labels: str) -> dict[int, f
                 if sample.name == name and set(labels.items()) <= set(sample.labels.items()):
                     out[pid] = out.get(pid, 0.0) + sample.value
     return out
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
-    """A cluster of this test's own: it is stopped in the middle."""
-    server = LocalPostgres(tmp_path / "pg", bindir=pg_bindir())
-    try:
-        server.start()
-    except (LocalServiceError, OSError) as exc:
-        unavailable(f"cannot start PostgreSQL: {exc}")
-    yield server
-    server.stop()
 
 
 def test_two_worker_processes_add_up_on_one_endpoint(

@@ -7,33 +7,20 @@ drain it after the restart until every row is `completed`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres, LocalServiceError
+from coursegen.local import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.outbox import DEFAULT_KEY
-from tests.conftest import pg_bindir, unavailable
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import app_env, dramatiq_worker, send_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 TEXT = "Glaciers grind rock into fine flour that rivers carry to the sea and deposit as silt. " * 8
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path / "pg", bindir=pg_bindir())
-    try:
-        server.start()
-    except (LocalServiceError, OSError) as exc:
-        unavailable(f"cannot start PostgreSQL: {exc}")
-    yield server
-    server.stop()
 
 
 def test_database_outage_loses_no_final_status(

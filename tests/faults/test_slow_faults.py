@@ -4,34 +4,21 @@ jobs, and 100,000 jobs through `-p 2 -t 8` with bounded worker memory."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres, LocalServiceError
+from coursegen.local import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.outbox import DEFAULT_KEY
-from tests.conftest import pg_bindir, unavailable
 from tests.support.db import create_owner, wait_for
 from tests.support.processes import app_env, dramatiq_worker, send_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults, pytest.mark.slow]
 
 TEXT = "Volcanoes form where molten rock from the mantle reaches the surface of the Earth. " * 8
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path / "pg", bindir=pg_bindir())
-    try:
-        server.start()
-    except (LocalServiceError, OSError) as exc:
-        unavailable(f"cannot start PostgreSQL: {exc}")
-    yield server
-    server.stop()
 
 
 def count_by_status(url: str) -> dict[str, int]:
