@@ -88,6 +88,17 @@ class InvalidRequestError(JobsError, ValueError):
         super().__init__(f"invalid course request: {shown}")
 
 
+class UnknownOwnerError(JobsError, ValueError):
+    """The job's tenant or user does not exist: it could never get a status row."""
+
+    def __init__(self, problem: str, tenant_id: str, user_id: str) -> None:
+        self.problem = problem
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        who = f"tenant {tenant_id}" if problem == "unknown_tenant" else f"user {user_id}"
+        super().__init__(f"unknown owner: no {who} (create it first)")
+
+
 class JobNotFound(JobsError, LookupError):
     """No job has this id."""
 
@@ -205,6 +216,8 @@ class StatusReader(Protocol):
 
     def request_cancel(self, job_id: str) -> dict[str, Any] | None: ...
 
+    def owner_problem(self, tenant_id: str, user_id: str) -> str | None: ...
+
     def close(self) -> None: ...
 
 
@@ -272,6 +285,10 @@ class PostgresReader:
             (job_id,),
         )
         return rows[0] if rows else None
+
+    def owner_problem(self, tenant_id: str, user_id: str) -> str | None:
+        rows = self._run("select public.job_owner_problem(%s, %s) as problem", (tenant_id, user_id))
+        return rows[0]["problem"] if rows else None
 
     def close(self) -> None:
         with self._lock:
@@ -353,6 +370,11 @@ class SupabaseReader:
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
         rows = self._call(lambda c: c.rpc("job_status_request_cancel", {"job_id": job_id}))
         return rows[0] if rows else None
+
+    def owner_problem(self, tenant_id: str, user_id: str) -> str | None:
+        args = {"tenant_id": tenant_id, "user_id": user_id}
+        problem = self._call(lambda c: c.rpc("job_owner_problem", args))
+        return problem if isinstance(problem, str) else None
 
     def close(self) -> None:
         with self._lock:
@@ -449,7 +471,12 @@ class Jobs:
 
         from . import actors
 
-        payload = parse_request(request).payload()
+        parsed = parse_request(request)
+        if self.settings.status_store() != "outbox":  # the database is reachable: ask it first
+            problem = self.reader.owner_problem(str(parsed.tenant_id), str(parsed.user_id))
+            if problem is not None:
+                raise UnknownOwnerError(problem, str(parsed.tenant_id), str(parsed.user_id))
+        payload = parsed.payload()
         try:
             message = actors.generate_course.send(payload)
         except redis.RedisError as exc:

@@ -18,12 +18,18 @@ BIN = Path(sys.executable).parent
 # The producer: imports the app exactly as a user's script would, sends the payloads read from
 # stdin and prints the message ids; the writer flushes at interpreter exit.
 _PRODUCER = """
-import json, sys
-from coursegen.actors import generate_course
+import importlib, json, sys
+import coursegen.actors
+request = json.load(sys.stdin)
+module, _, name = request["actor"].partition(":")
+actor = getattr(importlib.import_module(module), name)
 out = []
-for item in json.load(sys.stdin):
+for item in request["items"]:
     try:
-        message = generate_course.send_with_options(args=(item["payload"],), **item.get("options", {}))
+        payload = item["payload"]
+        if item.get("unserializable"):
+            payload = {**payload, "blob": {1, 2, 3}}  # a set: not JSON
+        message = actor.send_with_options(args=(payload,), **item.get("options", {}))
         out.append({"job_id": message.message_id})
     except Exception as exc:
         out.append({"error": type(exc).__name__, "message": str(exc)})
@@ -40,12 +46,22 @@ def app_env(**values: str) -> dict[str, str]:
     return env
 
 
-def send_jobs(env: dict[str, str], payloads: list[dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
-    """Send ``generate_course`` jobs from a separate producer process."""
-    items = [{"payload": p, "options": options} for p in payloads]
+def send_jobs(
+    env: dict[str, str],
+    payloads: list[dict[str, Any]],
+    *,
+    actor: str = "coursegen.actors:generate_course",
+    unserializable: bool = False,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Send jobs (``generate_course`` by default, or ``module:actor``) from a producer process.
+
+    ``unserializable`` adds a value JSON cannot carry to each payload.
+    """
+    items = [{"payload": p, "options": options, "unserializable": unserializable} for p in payloads]
     done = subprocess.run(
         [sys.executable, "-c", _PRODUCER],
-        input=json.dumps(items),
+        input=json.dumps({"actor": actor, "items": items}),
         capture_output=True,
         text=True,
         env=env,
@@ -85,7 +101,12 @@ class Worker:
 
 @contextmanager
 def dramatiq_worker(
-    env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    processes: int = 1,
+    threads: int = 2,
+    modules: tuple[str, ...] = (),
 ) -> Iterator[Worker]:
     """``dramatiq coursegen.actors`` as a subprocess, stopped with SIGTERM afterwards.
 
@@ -101,6 +122,7 @@ def dramatiq_worker(
     command = [
         str(BIN / "dramatiq"),
         "coursegen.actors",
+        *modules,
         "--processes",
         str(processes),
         "--threads",
