@@ -69,11 +69,16 @@ def _error_fields(exception: BaseException) -> dict[str, str]:
     }
 
 
+#: (job_id, owner, actor_name, queue_name, enqueued_at) of a message
+_Identity = tuple[str, Owner, str, str, float]
+
+
 class _AttemptState(threading.local):
     """What one worker thread knows about the message it is processing."""
 
     def __init__(self) -> None:
         self.job_id: str | None = None
+        self.identity: _Identity | None = None
         self.attempt = 0
         self.started_at: float | None = None
         self.retry_at: float | None = None
@@ -132,30 +137,47 @@ class JobStatusMiddleware(Middleware):
             tracked = self._tracked[actor_name] = bool(options.get("track_status", self.track_all))
         return tracked
 
-    def _emit(self, message: Message[Any], status: Status, attempt: int, **fields: Any) -> None:
-        owner = self.owner_of(message)
-        if owner is not None:
-            owner = Owner(str(owner[0]), str(owner[1]))
+    def _identity(self, message: Message[Any]) -> _Identity | None:
+        """What every event of this message repeats: read once per message, not per event."""
+        raw = getattr(message, "_message", message)  # past MessageProxy's __getattr__: hot path
+        owner = self.owner_of(raw)
         if owner is None:
             get_metrics().failures.labels("no_owner").inc()
             logger.error(
                 "Tracked message has no owner; its status is not recorded.",
-                extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": message.message_id},
+                extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": raw.message_id},
             )
+            return None
+        if type(owner[0]) is not str or type(owner[1]) is not str:
+            owner = Owner(str(owner[0]), str(owner[1]))
+        # a delayed message sits on "<queue>.DQ": the row names the actor's queue
+        return (raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), raw.message_timestamp / 1000)
+
+    def _submit(self, identity: _Identity | None, status: Status, attempt: int, **fields: Any) -> None:
+        if identity is None:
             return
+        job_id, owner, actor_name, queue_name, enqueued_at = identity
         self.writer.submit(
             StatusEvent(
-                message.message_id,
+                job_id,
                 status,
                 attempt,
                 owner,
-                message.actor_name,
-                q_name(message.queue_name),  # a delayed message sits on "<queue>.DQ"
+                actor_name,
+                queue_name,
                 round(time.time(), 6),
-                enqueued_at=message.message_timestamp / 1000,
+                enqueued_at=enqueued_at,
                 **fields,
             )
         )
+
+    def _emit(self, message: Message[Any], status: Status, attempt: int, **fields: Any) -> None:
+        state = self._state
+        if state.job_id is not None and state.job_id == message.message_id:
+            identity = state.identity  # the message this thread is running
+        else:
+            identity = self._identity(message)
+        self._submit(identity, status, attempt, **fields)
 
     def _hook_failed(self, hook: str, message: Message[Any]) -> None:
         logger.exception(
@@ -269,8 +291,11 @@ class JobStatusMiddleware(Middleware):
         try:
             if not self._is_tracked(broker, message.actor_name):
                 return
-            state.job_id = message.message_id
-            state.attempt = message.options.get("retries", 0) + 1
+            state.identity = identity = self._identity(message)
+            if identity is None:
+                return
+            state.job_id = identity[0]
+            state.attempt = getattr(message, "_message", message).options.get("retries", 0) + 1
             state.started_at = round(time.time(), 6)
             if self._cancel_requested(message):
                 state.cancelled = True
