@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         "auto", validation_alias=AliasChoices("COURSEGEN_STATUS_STORE", "store")
     )
     flush_interval: float = Field(
-        0.05, gt=0, le=10, validation_alias=AliasChoices("COURSEGEN_FLUSH_INTERVAL", "flush_interval")
+        0.2, gt=0, le=10, validation_alias=AliasChoices("COURSEGEN_FLUSH_INTERVAL", "flush_interval")
     )
     max_batch: int = Field(
         500, ge=1, le=5000, validation_alias=AliasChoices("COURSEGEN_MAX_BATCH", "max_batch")

@@ -13,11 +13,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import PermanentStoreError, TransientStoreError
 from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent
-from .base import Outcome, encode_batch
+from .base import APPLIED, Outcome, encode_batch
 
 logger = logging.getLogger(__name__)
 
-APPLY_SQL = "select idx, job_id, outcome, reason from public.job_status_apply(%s::jsonb)"
+# Only the events that did not apply come back: in the usual batch that is none, and the writer
+# thread does not spend time reading hundreds of "applied" rows.
+APPLY_SQL = (
+    "select idx, outcome, reason from public.job_status_apply(%s::jsonb) where outcome <> 'applied'"
+)
 
 # SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
 # intervention (shutdown, cancel), and transaction rollbacks (deadlock, serialization).
@@ -91,7 +95,10 @@ class PostgresStatusStore:
             if sqlstate[:2] in _TRANSIENT_CLASSES:
                 raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
             raise PermanentStoreError(_describe(exc), reason="rejected_batch") from exc
-        return [Outcome(job_id, outcome, reason) for _idx, job_id, outcome, reason in rows]
+        outcomes = [Outcome(event.job_id, APPLIED) for event in events]
+        for idx, outcome, reason in rows:
+            outcomes[idx - 1] = Outcome(events[idx - 1].job_id, outcome, reason)
+        return outcomes
 
     def close(self) -> None:
         with self._lock:
