@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     Secrets are ``SecretStr``: they never show in a repr, a log line or an error message.
     """
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="COURSEGEN_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), validation_alias=AliasChoices("REDIS_URL", "redis_url")
@@ -46,57 +48,32 @@ class Settings(BaseSettings):
     store: Literal["auto", "supabase", "postgres", "outbox"] = Field(
         "auto", validation_alias=AliasChoices("COURSEGEN_STATUS_STORE", "store")
     )
-    flush_interval: float = Field(
-        0.2, gt=0, le=10, validation_alias=AliasChoices("COURSEGEN_FLUSH_INTERVAL", "flush_interval")
-    )
-    max_batch: int = Field(
-        500, ge=1, le=5000, validation_alias=AliasChoices("COURSEGEN_MAX_BATCH", "max_batch")
-    )
-    max_buffer: int = Field(
-        20_000, ge=100, validation_alias=AliasChoices("COURSEGEN_MAX_BUFFER", "max_buffer")
-    )
-    store_timeout: float = Field(
-        5.0, gt=0, le=120, validation_alias=AliasChoices("COURSEGEN_STORE_TIMEOUT", "store_timeout")
-    )
-    retry_attempts: int = Field(
-        5, ge=1, le=50, validation_alias=AliasChoices("COURSEGEN_RETRY_ATTEMPTS", "retry_attempts")
-    )
-    retry_seconds: float = Field(
-        5.0, gt=0, le=600, validation_alias=AliasChoices("COURSEGEN_RETRY_SECONDS", "retry_seconds")
-    )
-    max_retries: int = Field(
-        3, ge=0, le=100, validation_alias=AliasChoices("COURSEGEN_MAX_RETRIES", "max_retries")
-    )
-    min_backoff_ms: int = Field(
-        1000, ge=1, validation_alias=AliasChoices("COURSEGEN_MIN_BACKOFF_MS", "min_backoff_ms")
-    )
-    max_backoff_ms: int = Field(
-        60_000, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_BACKOFF_MS", "max_backoff_ms")
-    )
-    time_limit_ms: int = Field(
-        600_000, ge=1000, validation_alias=AliasChoices("COURSEGEN_TIME_LIMIT_MS", "time_limit_ms")
-    )
-    max_age_ms: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("COURSEGEN_MAX_AGE_MS", "max_age_ms")
-    )
+    flush_interval: float = Field(0.2, gt=0, le=10)
+    max_batch: int = Field(500, ge=1, le=5000)
+    max_buffer: int = Field(20_000, ge=100)
+    store_timeout: float = Field(5.0, gt=0, le=120)
+    retry_attempts: int = Field(5, ge=1, le=50)
+    retry_seconds: float = Field(5.0, gt=0, le=600)
+    max_retries: int = Field(3, ge=0, le=100)
+    min_backoff_ms: int = Field(1000, ge=1)
+    max_backoff_ms: int = Field(60_000, ge=1)
+    time_limit_ms: int = Field(600_000, ge=1000)
+    max_age_ms: int | None = Field(None, ge=1)
 
     heartbeat_timeout_ms: int = Field(
         30_000,
         ge=5_000,
         description="a worker silent this long is dead and its unacked messages are redelivered",
-        validation_alias=AliasChoices("COURSEGEN_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
     )
     maintenance_chance: int = Field(
         50_000,
         ge=1,
         le=1_000_000,
         description="Redis commands per million that run the dead-worker sweep (Dramatiq: 1000)",
-        validation_alias=AliasChoices("COURSEGEN_MAINTENANCE_CHANCE", "maintenance_chance"),
     )
     status_sync: bool = Field(
         True,
         description="mirror job status into the store; off leaves the middleware out entirely",
-        validation_alias=AliasChoices("COURSEGEN_STATUS_SYNC", "status_sync"),
     )
     metrics: bool = Field(
         True,
@@ -104,14 +81,12 @@ class Settings(BaseSettings):
             "workers export Dramatiq's and status sync's Prometheus metrics on dramatiq_prom_port "
             "(files in dramatiq_prom_db or PROMETHEUS_MULTIPROC_DIR)"
         ),
-        validation_alias=AliasChoices("COURSEGEN_METRICS", "metrics"),
     )
     demo_pace: float = Field(
         0.0,
         ge=0,
         le=10,
         description="seconds each pipeline stage waits, so that a demo can be watched; 0 in production",
-        validation_alias=AliasChoices("COURSEGEN_DEMO_PACE", "demo_pace"),
     )
 
     @model_validator(mode="after")
@@ -149,7 +124,19 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind an error location (what the user has to fix)."""
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    if field is None:  # already an alias (REDIS_URL, ...)
+        return name
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
