@@ -86,7 +86,7 @@ class _AttemptState(threading.local):
         self.progress = -1
         self.progress_at = 0.0
         self.cancel_checked_at = 0.0
-        self.fresh = False  # set by before_enqueue for after_enqueue, same thread
+        self.fresh: _Identity | None = None  # set by before_enqueue for after_enqueue
 
 
 class JobStatusMiddleware(Middleware):
@@ -137,10 +137,11 @@ class JobStatusMiddleware(Middleware):
             tracked = self._tracked[actor_name] = bool(options.get("track_status", self.track_all))
         return tracked
 
-    def _identity(self, message: Message[Any]) -> _Identity | None:
+    def _identity(self, message: Message[Any], owner: Owner | None = None) -> _Identity | None:
         """What every event of this message repeats: read once per message, not per event."""
         raw = getattr(message, "_message", message)  # past MessageProxy's __getattr__: hot path
-        owner = self.owner_of(raw)
+        if owner is None:
+            owner = self.owner_of(raw)
         if owner is None:
             get_metrics().failures.labels("no_owner").inc()
             logger.error(
@@ -249,7 +250,7 @@ class JobStatusMiddleware(Middleware):
             add_throws(actor, JobCancelled)  # a cancelled job is never retried
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        self._state.fresh = False
+        self._state.fresh = None
         if not self._is_tracked(broker, message.actor_name):
             return
         if SENT_OPTION in message.options or "retries" in message.options:
@@ -264,13 +265,13 @@ class JobStatusMiddleware(Middleware):
         # Marks the message as announced: Dramatiq strips "eta" from a delayed message when it
         # moves back from the delay queue, so only a mark of our own tells that enqueue apart.
         message.options[SENT_OPTION] = 1
-        self._state.fresh = True
+        self._state.fresh = self._identity(message, owner)  # for after_enqueue: owner read once
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         try:
-            fresh, self._state.fresh = self._state.fresh, False
-            if fresh:
-                self._emit(message, Status.PENDING, 0)
+            fresh, self._state.fresh = self._state.fresh, None
+            if fresh is not None:
+                self._submit(fresh, Status.PENDING, 0)
             elif (
                 "retries" in message.options
                 and delay is not None

@@ -38,7 +38,7 @@ from .errors import StoreError, TransientStoreError
 from .events import Status, StatusEvent, redact
 from .metrics import SyncMetrics, get_metrics
 from .outbox import RedisOutbox
-from .stores.base import APPLIED, Outcome, StatusStore
+from .stores.base import Outcome, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -510,4 +510,4 @@ def _job_ids(events: Sequence[StatusEvent]) -> dict[str, object]:
     return {"events": len(events), "job_ids": [event.job_id for event in events[:LOGGED_JOB_IDS]]}
 
 
-__all__ = ["APPLIED", "StatusWriter"]
+__all__ = ["StatusWriter"]
