@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from middleware.events import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -82,7 +84,7 @@ def test_to_json_summarizes_a_circular_result() -> None:
 
 def test_to_json_truncates_an_oversized_result() -> None:
     result = {"lessons": ["x" * 1000] * 400}  # ~400 kB encoded
-    encoded_size = len(json.dumps(result, ensure_ascii=False).encode())
+    encoded_size = len(json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode())
 
     doc = decode(completed_with(result).to_json())
 
@@ -90,7 +92,7 @@ def test_to_json_truncates_an_oversized_result() -> None:
     assert summary["_truncated"] is True
     assert summary["size_bytes"] == encoded_size
     assert summary["limit_bytes"] == DEFAULT_MAX_RESULT_BYTES
-    assert summary["preview"].startswith('{"lessons": ["xxx')
+    assert summary["preview"].startswith('{"lessons":["xxx')
     assert len(summary["preview"]) <= 500
     assert doc["status"] == "completed"
 
@@ -148,6 +150,66 @@ def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
     doc = decode(completed_with(deep).to_json())
 
     assert doc["result"]["_unstorable"] is True
+
+
+_texts = st.text() | st.none()
+_times = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40) | st.none()
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    job_id=st.text(min_size=1),
+    status=st.sampled_from(Status),
+    attempt=st.integers(0, 2**31) | st.booleans(),
+    owner=st.tuples(st.text(), st.text()),
+    names=st.tuples(st.text(), st.text()),
+    event_at=st.floats(allow_nan=True, allow_infinity=True) | st.integers(0, 2**40),
+    times=st.tuples(_times, _times, _times),
+    progress=st.integers(0, 100) | st.none(),
+    texts=st.tuples(_texts, _texts, _texts | st.integers()),
+    result=_json_values,
+    limit=st.sampled_from([64, DEFAULT_MAX_RESULT_BYTES]),
+)
+def test_the_hand_built_encoding_says_what_the_general_one_says(
+    job_id: str,
+    status: Status,
+    attempt: int,
+    owner: tuple[str, str],
+    names: tuple[str, str],
+    event_at: float,
+    times: tuple[Any, Any, Any],
+    progress: int | None,
+    texts: tuple[Any, Any, Any],
+    result: Any,
+    limit: int,
+) -> None:
+    """``to_json`` builds the usual event by hand and falls back to ``json.dumps`` of
+    ``as_dict`` for anything unusual: both must give the same document, always strict JSON."""
+    event = StatusEvent(
+        job_id,
+        status,
+        attempt,
+        Owner(*owner),
+        *names,
+        event_at,
+        enqueued_at=times[0],
+        started_at=times[1],
+        next_retry_at=times[2],
+        progress=progress,
+        progress_message=texts[0],
+        error_type=texts[1],
+        error_message=texts[2],
+        result=result,
+    )
+    built = decode(event.to_json(limit))
+    general = decode(event._encode_general(limit))
+    assert built == general
+    assert set(built) >= {"job_id", "status", "attempt", "tenant_id", "user_id", "event_at"}
 
 
 @pytest.mark.parametrize(
