@@ -65,9 +65,18 @@ COLUMNS = (
     "started_at",
     "finished_at",
     "cancel_requested_at",
+    "created_at",
     "updated_at",
 )
-_TIMES = ("next_retry_at", "enqueued_at", "started_at", "finished_at", "cancel_requested_at", "updated_at")
+_TIMES = (
+    "next_retry_at",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "cancel_requested_at",
+    "created_at",
+    "updated_at",
+)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -151,6 +160,7 @@ class JobStatus:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     cancel_requested_at: dt.datetime | None
+    created_at: dt.datetime | None
     updated_at: dt.datetime | None
 
     @property
@@ -270,7 +280,7 @@ class PostgresReader:
             _SELECT + " where (%(status)s::public.job_state is null or status = %(status)s::public.job_state)"
             " and (%(user)s::uuid is null or user_id = %(user)s::uuid)"
             " and (%(tenant)s::uuid is null or tenant_id = %(tenant)s::uuid)"
-            " order by updated_at desc, job_id limit %(limit)s",
+            " order by created_at desc, job_id desc limit %(limit)s",
             {
                 "status": status.value if status else None,
                 "user": user_id,
@@ -361,10 +371,10 @@ class SupabaseReader:
                 query = query.eq("user_id", user_id)
             if tenant_id is not None:
                 query = query.eq("tenant_id", tenant_id)
-            return query.order("updated_at", desc=True).limit(limit)
+            return query.order("created_at", desc=True).limit(limit)
 
         rows = self._call(build)
-        rows.sort(key=lambda row: (row.get("updated_at") or "", row["job_id"]), reverse=True)
+        rows.sort(key=lambda row: (row.get("created_at") or "", row["job_id"]), reverse=True)
         return list(rows[:limit])
 
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -562,7 +572,8 @@ class Jobs:
         tenant_id: str | None = None,
         limit: int = 50,
     ) -> list[JobStatus]:
-        """The latest jobs, newest first, optionally of one status, user or tenant."""
+        """The latest jobs, newest first (by when their row was created), optionally of one
+        status, user or tenant."""
         rows = self.reader.list(
             status=Status(status) if status is not None else None,
             user_id=_check_uuid("user_id", user_id),

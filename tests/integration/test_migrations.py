@@ -69,9 +69,9 @@ def test_schema_has_what_the_system_relies_on(database_url: str) -> None:
             row[0] for row in conn.execute("select indexname from pg_indexes where tablename = 'job_status'")
         }
         assert {
-            "job_status_user_id_idx",
-            "job_status_tenant_status_idx",
-            "job_status_updated_at_idx",
+            "job_status_user_created_idx",
+            "job_status_tenant_created_idx",
+            "job_status_created_at_idx",
         } <= indexes
 
 

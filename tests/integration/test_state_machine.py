@@ -237,7 +237,47 @@ def test_purge_deletes_finished_rows_in_bounded_batches(database_url: str) -> No
     finally:
         store.close()
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("update public.job_status set updated_at = now() - interval '40 days'")
+        conn.execute("update public.job_status set created_at = now() - interval '40 days'")
         purge = "select public.job_status_purge(interval '30 days', 2)"
         assert [conn.execute(purge).fetchone()[0] for _ in range(4)] == [2, 2, 1, 0]
         assert [r[0] for r in conn.execute("select job_id from public.job_status")] == ["running"]
+
+
+# Columns a status write never changes: an index on anything else would make every write a
+# non-HOT update that inserts into every index (see the hot_updates migration).
+_IMMUTABLE = {"id", "job_id", "tenant_id", "user_id", "actor_name", "queue_name", "created_at"}
+
+
+def test_no_index_covers_a_column_that_status_writes_change(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "select i.indexrelid::regclass::text, a.attname, i.indexprs is not null or i.indpred is not null"
+            " from pg_index as i"
+            " left join pg_attribute as a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
+            " where i.indrelid = 'public.job_status'::regclass"
+        ).fetchall()
+    assert rows, "job_status has indexes"
+    assert [(index, column) for index, column, _ in rows if column not in _IMMUTABLE] == []
+    assert [index for index, _, computed in rows if computed] == [], "no expression or partial index"
+
+
+def test_a_status_write_is_a_heap_only_update(database_url: str) -> None:
+    owner = create_owner(database_url)
+    ids = [f"hot-{uuid.uuid4()}" for _ in range(5)]
+    with psycopg.connect(database_url) as conn:
+        apply_sql = "select count(*) from public.job_status_apply(%s::jsonb)"
+        conn.execute(apply_sql, (_batch(ids, Status.PENDING, owner),))
+        conn.commit()
+        conn.execute(apply_sql, (_batch(ids, Status.ACTIVE, owner),))
+        updated, hot = conn.execute(
+            "select pg_stat_get_xact_tuples_updated(c), pg_stat_get_xact_tuples_hot_updated(c)"
+            " from (select 'public.job_status'::regclass::oid as c) as t"
+        ).fetchone()  # type: ignore[misc]
+        conn.commit()
+    assert (updated, hot) == (len(ids), len(ids))
+
+
+def _batch(ids: list[str], status: Status, owner: Owner) -> str:
+    attempt = 0 if status is Status.PENDING else 1
+    events = [StatusEvent(job_id, status, attempt, owner, "a", "q", 1_800_000_000.0) for job_id in ids]
+    return "[" + ",".join(event.to_json() for event in events) + "]"
