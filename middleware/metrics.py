@@ -12,8 +12,10 @@ fleet's depth is the latest sample of any live process (``livemostrecent``), not
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,34 @@ class SyncMetrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each value, at the cost of one update per bucket touched.
+
+    In multiprocess mode every ``observe`` takes a lock and writes two memory-mapped values:
+    for the writer's per-event lag, hundreds per batch, that was a measurable share of a
+    worker's CPU. This counts the values into buckets first, then adds each bucket's count and
+    the sum once. It relies on prometheus_client's Histogram internals (``_upper_bounds``,
+    ``_buckets``, ``_sum``, unchanged since 0.4) and falls back to ``observe`` without them;
+    a unit test checks both give the same exposition.
+    """
+    if not values:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1  # the first bucket with value <= bound
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    total.inc(sum(values))
 
 
 class _Disabled:

@@ -172,14 +172,6 @@ class JobStatusMiddleware(Middleware):
             )
         )
 
-    def _emit(self, message: Message[Any], status: Status, attempt: int, **fields: Any) -> None:
-        state = self._state
-        if state.job_id is not None and state.job_id == message.message_id:
-            identity = state.identity  # the message this thread is running
-        else:
-            identity = self._identity(message)
-        self._submit(identity, status, attempt, **fields)
-
     def _hook_failed(self, hook: str, message: Message[Any]) -> None:
         logger.exception(
             "Job status hook %s failed; the job is unaffected.",
@@ -232,8 +224,8 @@ class JobStatusMiddleware(Middleware):
         if percent == state.progress or (percent < 100 and now - state.progress_at < self.progress_interval):
             return False
         state.progress, state.progress_at = percent, now
-        self._emit(
-            message,
+        self._submit(
+            state.identity,
             Status.ACTIVE,
             state.attempt,
             started_at=state.started_at,
@@ -301,7 +293,7 @@ class JobStatusMiddleware(Middleware):
             if self._cancel_requested(message):
                 state.cancelled = True
             else:
-                self._emit(message, Status.ACTIVE, state.attempt, started_at=state.started_at)
+                self._submit(identity, Status.ACTIVE, state.attempt, started_at=state.started_at)
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("before_process_message", message)
         if state.cancelled:
@@ -320,15 +312,16 @@ class JobStatusMiddleware(Middleware):
         if state.job_id != message.message_id:
             return
         state.job_id = None
+        identity = state.identity  # read once when the message started
         try:
             if exception is None:
-                self._emit(
-                    message, Status.COMPLETED, state.attempt, started_at=state.started_at, result=result
+                self._submit(
+                    identity, Status.COMPLETED, state.attempt, started_at=state.started_at, result=result
                 )
                 return
             if isinstance(exception, JobCancelled):
-                self._emit(
-                    message,
+                self._submit(
+                    identity,
                     Status.CANCELLED,
                     state.attempt,
                     started_at=state.started_at,
@@ -337,8 +330,8 @@ class JobStatusMiddleware(Middleware):
                 return
             error = _error_fields(exception)
             if state.retry_at is not None and not message.failed:
-                self._emit(
-                    message,
+                self._submit(
+                    identity,
                     Status.RETRYING,
                     state.attempt,
                     started_at=state.started_at,
@@ -346,7 +339,7 @@ class JobStatusMiddleware(Middleware):
                     **error,
                 )
             else:
-                self._emit(message, Status.FAILED, state.attempt, started_at=state.started_at, **error)
+                self._submit(identity, Status.FAILED, state.attempt, started_at=state.started_at, **error)
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_process_message", message)
 
@@ -357,9 +350,13 @@ class JobStatusMiddleware(Middleware):
         state.job_id = None
         try:
             status = Status.CANCELLED if state.cancelled else Status.SKIPPED
-            self._emit(message, status, state.attempt)
+            self._submit(state.identity, status, state.attempt)
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_skip_message", message)
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
+        # before the worker threads start: the store's imports must not stall the first jobs
+        self.writer.prepare()
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         self.writer.start()

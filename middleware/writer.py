@@ -36,7 +36,7 @@ from tenacity import (
 
 from .errors import StoreError, TransientStoreError
 from .events import Status, StatusEvent, redact
-from .metrics import SyncMetrics, get_metrics
+from .metrics import SyncMetrics, get_metrics, observe_many
 from .outbox import RedisOutbox
 from .stores.base import Outcome, StatusStore
 
@@ -124,10 +124,10 @@ class StatusWriter:
 
     def submit(self, event: StatusEvent) -> None:
         """Hand an event over. Microseconds, no I/O; waits only under heavy backpressure."""
-        with self._cond:
+        with self._lock:  # the condition's lock; entered directly, this is the hot path
             if self._thread is None:
                 self._start()
-            self._counts[event.status.value] += 1
+            self._counts[event.status] += 1  # a StrEnum: its label is its value
             old = self._buffer.get(event.job_id)
             if old is not None:
                 if event.supersedes(old):
@@ -186,6 +186,29 @@ class StatusWriter:
             self._thread = None
             self._stopping = False
         return left == 0
+
+    def prepare(self) -> None:
+        """Build the store now, in the calling thread, and let it warm up (see the stores'
+        ``prepare``). A worker calls this at boot, before its threads take messages: importing
+        a database client holds the GIL for hundreds of milliseconds, which the first jobs
+        would otherwise wait out. No network round trip; a failure is logged, and the writer
+        thread builds the store at its first batch as usual."""
+        with self._lock:
+            if self._store is not None:
+                return
+            try:
+                store = self._store_factory()
+                warm_up = getattr(store, "prepare", None)
+                if warm_up is not None:
+                    warm_up()
+            except Exception:  # never stops a boot: the first batch tries again
+                logger.warning(
+                    "Could not prepare the status store at boot; the writer will try again.",
+                    exc_info=True,
+                    extra={"action": "sync_prepare_failed"},
+                )
+                return
+            self._store = store
 
     def start(self) -> None:
         """Start the thread now rather than at the first event (a worker must drain the
@@ -379,6 +402,7 @@ class StatusWriter:
         self, metrics: SyncMetrics, events: Sequence[StatusEvent], outcomes: Sequence[Outcome]
     ) -> None:
         now = time.time()
+        lags = []
         for event, outcome in zip(events, outcomes, strict=False):
             if outcome.rejected:
                 metrics.failures.labels("rejected").inc()
@@ -393,7 +417,8 @@ class StatusWriter:
                     },
                 )
             else:
-                metrics.lag_seconds.observe(max(0.0, now - event.event_at))
+                lags.append(max(0.0, now - event.event_at))
+        observe_many(metrics.lag_seconds, lags)
 
     def _spill(self, metrics: SyncMetrics, events: list[StatusEvent]) -> None:
         if self.outbox is not None:

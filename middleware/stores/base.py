@@ -32,6 +32,10 @@ class StatusStore(Protocol):
     raises :class:`~middleware.errors.TransientStoreError` when the batch may succeed later
     and :class:`~middleware.errors.PermanentStoreError` when the batch as a whole was refused.
     A bad event is never a reason to raise: it comes back as a rejected outcome.
+
+    A store may also have ``prepare()``: called once at worker boot (see
+    :meth:`~middleware.writer.StatusWriter.prepare`) to import and build what ``apply`` needs,
+    without a network round trip.
     """
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]: ...

@@ -81,6 +81,10 @@ class PostgresStatusStore:
                 self._pool.open(wait=False)
             return self._pool
 
+    def prepare(self) -> None:
+        """Create the pool: its connections open in the background (no wait here)."""
+        self._get_pool()
+
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
         if not events:
             return []

@@ -116,6 +116,10 @@ class SupabaseStatusStore:
                 )
             return self._client
 
+    def prepare(self) -> None:
+        """Import and build the client (no request is made)."""
+        self._get_client()
+
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
         if not events:
             return []

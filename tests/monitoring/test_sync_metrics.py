@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from middleware.errors import TransientStoreError
 from middleware.events import Owner, Status, StatusEvent
-from middleware.metrics import SyncMetrics
+from middleware.metrics import SyncMetrics, observe_many
 from middleware.outbox import RedisOutbox
 from middleware.prometheus import (
     DEFAULT_DIR,
@@ -127,6 +127,52 @@ def outbox(redis_url: str) -> Iterator[RedisOutbox]:
 
 
 # -- the writer: logs and metrics ------------------------------------------------------------
+
+
+LAGS = [0.0, 0.01, 0.0100001, 0.024, 0.3, 0.3, 7.0, 299.0, 301.0, 1e9]
+
+
+def exposition(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_observe_many_exposes_what_one_observe_per_value_does() -> None:
+    one_by_one, many = Metrics(), Metrics()
+    for lag in LAGS:
+        one_by_one.sync.lag_seconds.observe(lag)
+    observe_many(many.sync.lag_seconds, LAGS)
+    observe_many(many.sync.lag_seconds, [])
+    assert exposition(many.registry) == exposition(one_by_one.registry)
+    assert many("job_status_sync_lag_seconds_bucket", le="0.01") == 2  # a bound is inclusive
+    assert many("job_status_sync_lag_seconds_bucket", le="+Inf") == len(LAGS)
+
+
+def test_observe_many_falls_back_to_observe_without_the_histogram_internals() -> None:
+    seen: list[float] = []
+
+    class Plain:
+        def observe(self, value: float) -> None:
+            seen.append(value)
+
+    observe_many(Plain(), LAGS)
+    assert seen == LAGS
+
+
+def test_the_writer_observes_the_lag_of_every_applied_event(
+    metrics: Metrics, make_writer: Callable[..., StatusWriter]
+) -> None:
+    writer = make_writer(Store())
+    for i in range(30):
+        writer.submit(event(f"lag-{i}"))
+    assert writer.flush(timeout=5)
+    assert metrics("job_status_sync_lag_seconds_count") == 30
+    assert metrics("job_status_sync_lag_seconds_bucket", le="+Inf") == 30
+    assert 0 <= metrics("job_status_sync_lag_seconds_sum") < 30 * 5
 
 
 def test_every_failed_write_attempt_is_one_structured_log_line_without_secrets(

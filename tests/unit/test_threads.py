@@ -1,4 +1,5 @@
-"""Hooks do no I/O: the store is only ever created and called from the writer's own thread."""
+"""Hooks do no I/O: the store is built once at worker boot and only ever called from the writer's
+own thread."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def test_the_store_is_only_touched_by_the_writer_thread(harness: Harness) -> Non
     assert "MainThread" in submitters
     assert len(submitters - {"MainThread"}) >= 1
     assert WRITER_THREAD not in submitters
-    # ...but every store call (and the store's creation) happened on the writer thread.
+    # ...the store was built once, by the thread that booted the worker (before_worker_boot,
+    # before any worker thread took a message), and every store call happened on the writer
+    # thread.
     assert harness.store.batches, "nothing was written"
     assert set(harness.store.threads) == {WRITER_THREAD}
-    assert harness.store.factory_threads == [WRITER_THREAD]
+    assert harness.store.factory_threads == ["MainThread"]
     assert [harness.store.last(m.message_id).status for m in jobs] == [Status.COMPLETED, Status.FAILED]

@@ -238,3 +238,51 @@ def test_a_batch_over_the_byte_bound_goes_in_several_round_trips(make_writer: Wr
     assert len(store.batches) >= 3
     assert all(size <= 4_000 for size in sizes)
     assert sorted(e.job_id for batch in store.batches for e in batch) == sorted(e.job_id for e in events)
+
+
+def test_prepare_builds_and_warms_the_store_once_in_the_calling_thread(make_writer: WriterFactory) -> None:
+    store = RecordingStore()
+    built: list[str] = []
+    warmed: list[str] = []
+    store.prepare = lambda: warmed.append(threading.current_thread().name)  # type: ignore[attr-defined]
+
+    def factory() -> RecordingStore:
+        built.append(threading.current_thread().name)
+        return store
+
+    writer = StatusWriter(factory, flush_interval=60.0, close_timeout=5.0)
+    try:
+        writer.prepare()
+        writer.prepare()
+        writer.submit(make_event("job-1", Status.PENDING, 0))
+        assert writer.flush(timeout=5)
+    finally:
+        writer.close(timeout=5)
+    me = threading.current_thread().name
+    assert (built, warmed) == ([me], [me])
+    assert store.threads == [WRITER_THREAD]
+    assert len(store.batches) == 1
+
+
+def test_a_store_that_cannot_be_prepared_is_built_again_by_the_writer_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RecordingStore()
+    attempts: list[str] = []
+
+    def factory() -> RecordingStore:
+        attempts.append(threading.current_thread().name)
+        if len(attempts) == 1:
+            raise RuntimeError("no driver yet")
+        return store
+
+    writer = StatusWriter(factory, flush_interval=60.0, close_timeout=5.0)
+    try:
+        writer.prepare()  # logged, not raised: a boot never fails on it
+        writer.submit(make_event("job-1", Status.PENDING, 0))
+        assert writer.flush(timeout=5)
+    finally:
+        writer.close(timeout=5)
+    assert attempts == [threading.current_thread().name, WRITER_THREAD]
+    assert len(store.batches) == 1
+    assert any(r.__dict__.get("action") == "sync_prepare_failed" for r in caplog.records)
