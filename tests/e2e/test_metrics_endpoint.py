@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -165,6 +166,7 @@ def test_two_worker_processes_add_up_on_one_endpoint(
 
         # the database goes away while jobs keep coming
         own_postgres.stop()
+        stopped = time.monotonic()
         during = [item["job_id"] for item in send_jobs(producer_env, [payload() for _ in range(10)])]
 
         def outage_seen() -> Scrape | None:
@@ -173,6 +175,9 @@ def test_two_worker_processes_add_up_on_one_endpoint(
             return s if seen and s.value("job_status_sync_writes_total", outcome="failure") > 0 else None
 
         during_outage = wait_for(outage_seen, timeout=60, what="failed writes and a growing outbox")
+        # down for 2 s at least, however fast the failures were seen: the held-back events must
+        # lag by more than a second (asserted on the histogram below)
+        time.sleep(max(0.0, stopped + 2.0 - time.monotonic()))
         own_postgres.start()
 
         wait_for(lambda: terminal_rows(stored + during), timeout=60, interval=0.5, what="every row")
