@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from ..errors import PermanentStoreError, TransientStoreError
 from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent, clean_text, redact
-from .base import Outcome, encode_batch
+from .base import APPLIED, Outcome, encode_batch
 
 if TYPE_CHECKING:
     from supabase import Client
@@ -130,7 +130,9 @@ class SupabaseStatusStore:
 
         self._local.status = None
         try:
-            response = self._get_client().rpc(RPC_FUNCTION, params).execute()
+            # only the events that did not apply come back (a PostgREST filter on the function's
+            # rows): the usual answer is an empty array, not one object per event
+            response = self._get_client().rpc(RPC_FUNCTION, params).neq("outcome", APPLIED).execute()
         except httpx.TimeoutException as exc:
             raise TransientStoreError(
                 f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
@@ -141,7 +143,7 @@ class SupabaseStatusStore:
             ) from exc
         except APIError as exc:
             raise self._error_for(getattr(self._local, "status", None), exc) from exc
-        return self._outcomes(response.data, len(events))
+        return self._outcomes(events, response.data)
 
     def _error_for(self, status: int | None, exc: Any) -> TransientStoreError | PermanentStoreError:
         code = str(exc.code or "")
@@ -156,19 +158,20 @@ class SupabaseStatusStore:
             return TransientStoreError(text, reason="http_5xx")
         return PermanentStoreError(text, reason="rejected_batch")
 
-    def _outcomes(self, data: Any, expected: int) -> list[Outcome]:
+    def _outcomes(self, events: Sequence[StatusEvent], data: Any) -> list[Outcome]:
+        """Every event applied, but those the answer names (by their 1-based ``idx``)."""
+        outcomes = [Outcome(event.job_id, APPLIED) for event in events]
         try:
-            rows = sorted(data, key=lambda row: row["idx"])
-            outcomes = [Outcome(row["job_id"], row["outcome"], row.get("reason")) for row in rows]
-        except (TypeError, KeyError, AttributeError) as exc:
+            for row in data:
+                idx, outcome = row["idx"], row["outcome"]
+                if type(idx) is not int or not 1 <= idx <= len(events) or outcome == APPLIED:
+                    raise ValueError(f"unexpected row {idx!r}/{outcome!r}")
+                outcomes[idx - 1] = Outcome(events[idx - 1].job_id, str(outcome), row.get("reason"))
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise PermanentStoreError(
-                f"unexpected answer from {RPC_FUNCTION}: {type(data).__name__}", reason="bad_response"
-            ) from exc
-        if len(outcomes) != expected:
-            raise PermanentStoreError(
-                f"{RPC_FUNCTION} answered {len(outcomes)} outcomes for {expected} events",
+                f"unexpected answer from {RPC_FUNCTION} for {len(events)} events: {type(data).__name__}",
                 reason="bad_response",
-            )
+            ) from exc
         return outcomes
 
     def _clean(self, text: Any) -> str:

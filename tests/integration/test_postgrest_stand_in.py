@@ -115,6 +115,19 @@ def test_named_arguments_defaults_and_result_shapes(http: tuple[httpx.Client, Po
     assert stand_in.requests == 8
 
 
+def test_the_rows_of_a_set_returning_function_are_filtered_like_a_tables(
+    http: tuple[httpx.Client, PostgrestStandIn],
+) -> None:
+    client, _ = http
+    key = service_key()
+    headers = {"apikey": key, "authorization": f"Bearer {key}"}
+    odd_squares = client.post("/rpc/squares?sq=neq.4&i=lt.4", json={"n": 5}, headers=headers)
+    assert odd_squares.json() == [{"i": 1, "sq": 1}, {"i": 3, "sq": 9}]
+    assert client.post("/rpc/squares?i=gt.9", json={"n": 5}, headers=headers).json() == []
+    scalar = client.post("/rpc/add?a=eq.1", json={"a": 1}, headers=headers)
+    assert (scalar.status_code, scalar.json()["code"]) == (400, "PGRST100")
+
+
 def test_role_claims_and_read_only_transactions(http: tuple[httpx.Client, PostgrestStandIn]) -> None:
     client, _ = http
     user = str(uuid.uuid4())

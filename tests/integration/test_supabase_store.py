@@ -53,7 +53,8 @@ def test_one_rpc_per_batch_and_no_io_before_the_first_batch(
 ) -> None:
     owner = create_owner(database_url)
     store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
-    assert stand_in.requests == 0, "building the store does no I/O"
+    store.prepare()
+    assert stand_in.requests == 0, "building and preparing the store does no I/O"
 
     events = events_for(owner, 50)
     outcomes = store.apply(events)
@@ -210,7 +211,9 @@ def test_http_failures_are_sorted_into_transient_and_permanent(
     "body",
     [
         {"not": "a list"},
-        [{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}] * 2,
+        [{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}],  # was filtered out
+        [{"idx": 2, "job_id": "x", "outcome": "stale", "reason": None}],  # no such event
+        [{"idx": "1", "job_id": "x", "outcome": "stale", "reason": None}],
         "<html>captive portal</html>",
     ],
 )

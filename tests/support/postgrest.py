@@ -22,6 +22,8 @@ Reproduced:
   ``pg_proc`` by name and argument names (arguments with defaults may be left out), values
   converted like PostgREST's ``json_to_record``; set-returning functions answer a JSON array
   (of objects for row types, of values for scalars), others a single value; ``void`` 204;
+  the rows of a set-returning function of a row type filtered by ``?<col>=<op>.<value>`` like
+  a table's;
   unknown function 404 ``PGRST202``, ambiguous 300 ``PGRST203``, bad JSON 400 ``PGRST102``;
 * tables: ``GET ?select=<*|columns>&<col>=<op>.<value>`` (ops ``eq neq gt gte lt lte is in``),
   ``POST`` (insert an object or array; ``Prefer: return=representation`` returns the rows),
@@ -419,7 +421,17 @@ class PostgrestStandIn(httpx.BaseTransport):
         fn = self._find_function(schema, name, set(body))
         read_only = fn["provolatile"] in ("s", "i")
         with self._transaction(request, claims, role, schema, read_only=read_only) as conn:
-            text = conn.execute(_call_sql(schema, name, fn), {"body": json.dumps(body)}).fetchone()[0]
+            where, values = _filters(request, "_pgrst_call")
+            if any(key not in _RESERVED_PARAMS for key in request.url.params):
+                if not (fn["proretset"] and fn["composite"]):
+                    raise ApiError(
+                        400,
+                        "PGRST100",
+                        "filters on a function's result are reproduced for set-returning functions"
+                        " of a row type only",
+                    )
+            values["body"] = json.dumps(body)
+            text = conn.execute(_call_sql(schema, name, fn, where), values).fetchone()[0]
         if fn["void"]:
             return httpx.Response(204)
         return httpx.Response(200, content=(text or "null").encode(), headers={"content-type": _JSON})
@@ -597,7 +609,7 @@ def _input_args(
     ]
 
 
-def _call_sql(schema: str, name: str, fn: dict[str, Any]) -> sql.Composed:
+def _call_sql(schema: str, name: str, fn: dict[str, Any], where: sql.Composable) -> sql.Composed:
     args: list[_Target] = fn["args"]
     function = sql.Identifier(schema, name)
     scalar = not fn["composite"]
@@ -621,7 +633,7 @@ def _call_sql(schema: str, name: str, fn: dict[str, Any]) -> sql.Composed:
         shape = sql.SQL("coalesce(pg_catalog.json_agg({}), '[]')::text").format(value)
     else:
         shape = sql.SQL("pg_catalog.to_json({})::text").format(value)
-    return sql.SQL("select {} from {}").format(shape, source)
+    return sql.SQL("select {} from {} where {}").format(shape, source, where)
 
 
 def _columns(request: httpx.Request) -> sql.Composable:
@@ -634,7 +646,9 @@ def _columns(request: httpx.Request) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _filters(request: httpx.Request, schema: str, table: str) -> tuple[sql.Composable, dict[str, Any]]:
+def _filters(request: httpx.Request, *relation: str) -> tuple[sql.Composable, dict[str, Any]]:
+    """The query's filters (``?col=op.value``) on the columns of ``relation`` (a table's schema
+    and name, or the alias of a function call's result)."""
     conditions: list[sql.Composable] = []
     values: dict[str, Any] = {}
     for i, (column, expression) in enumerate(request.url.params.multi_items()):
@@ -642,7 +656,7 @@ def _filters(request: httpx.Request, schema: str, table: str) -> tuple[sql.Compo
             continue
         op, _, value = expression.partition(".")
         key = f"f{i}"
-        target = sql.Identifier(schema, table, column)
+        target = sql.Identifier(*relation, column)
         if op in _FILTER_OPS:
             conditions.append(
                 sql.SQL("{} {} {}").format(target, sql.SQL(_FILTER_OPS[op]), sql.Placeholder(key))
