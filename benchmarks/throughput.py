@@ -3,7 +3,9 @@
 Embedded Redis (Valkey) and PostgreSQL (default settings, fsync on), the real `dramatiq` CLI
 with `-p 2 -t 8`, N no-op tracked jobs enqueued before the worker starts, then drained; the
 same work with the status middleware left out (COURSEGEN_STATUS_SYNC=0) and put in,
-alternating, several rounds each. One JSON line per run, then a summary:
+alternating, several rounds each; and the same with the status written through Supabase's REST
+API (the real supabase client against the PostgREST stand-in of tests/support/postgrest.py,
+served over HTTP from this process). One JSON line per run, then a summary:
 
 * jobs per second (median per mode) at saturation: the clock runs from the moment a tenth of
   the jobs is done (every worker process has booted by then) to the last acknowledgement; and
@@ -11,7 +13,10 @@ alternating, several rounds each. One JSON line per run, then a summary:
 * database transactions per job (pg_stat_database.xact_commit delta over the worker's run,
   less the benchmark's own queries);
 * rows `completed` (must equal N), status lag p50/p99 (completed event -> row written);
-* peak RSS (VmHWM) of the worker processes.
+* peak RSS (VmHWM) of the worker processes;
+* for the Supabase mode, HTTP requests per job;
+* the CPU time the hypervisor took from this VM during each run (steal), to tell a noisy
+  run from a slow one.
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ import redis
 
 from coursegen.local import LocalPostgres, LocalRedis
 from coursegen.migrate import migrate
+from tests.support.postgrest import PostgrestStandIn, serve, service_key
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench"
 MSGS_KEY = f"dramatiq:{QUEUE}.msgs"
+#: off: no status middleware; on: statuses to PostgreSQL; supabase: through the REST API
+MODES = ("off", "on", "supabase")
 
 
 @dataclass
@@ -57,6 +65,8 @@ class Run:
     lag_p99: float | None
     peak_rss_mb: float
     send_seconds: float
+    http_requests_per_job: float | None = None
+    steal_percent: float | None = None
 
 
 class Bench:
@@ -80,18 +90,30 @@ class Bench:
             conn.execute("insert into auth.users (id) values (%s)", (self.user_id,))
             self.dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
         self.client = redis.Redis.from_url(self.redis.url)
+        self.stand_in = PostgrestStandIn(self.url)
+        self._serving = serve(self.stand_in)
+        self.supabase_url = self._serving.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._serving.__exit__(None, None, None)
+        self.stand_in.close()
         self.postgres.stop()
         self.redis.stop()
 
-    def env(self, sync: bool) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSEGEN_", "SUPABASE_"))}
+    def env(self, mode: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("COURSEGEN_", "SUPABASE_")) and k != "DATABASE_URL"
+        }
+        if mode == "supabase":
+            env.update(SUPABASE_URL=self.supabase_url, SUPABASE_SERVICE_ROLE_KEY=service_key())
+        else:
+            env.update(DATABASE_URL=self.url)
         env.update(
             REDIS_URL=self.redis.url,
-            DATABASE_URL=self.url,
-            COURSEGEN_STATUS_SYNC="1" if sync else "0",
+            COURSEGEN_STATUS_SYNC="0" if mode == "off" else "1",
             PYTHONPATH=str(ROOT),
             # metrics stay on in both modes, as in production, on a port of our own
             dramatiq_prom_db=str(self.workdir / "prometheus"),
@@ -108,8 +130,8 @@ class Bench:
         return int(row[0]) if row else 0
 
     def run(self, mode: str, n: int, round_no: int) -> Run:
-        sync = mode == "on"
-        env = self.env(sync)
+        sync = mode != "off"
+        env = self.env(mode)
         self.client.flushall()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("truncate public.job_status")
@@ -125,6 +147,7 @@ class Bench:
         assert self.client.hlen(MSGS_KEY) == n, "every message is enqueued before the worker starts"
 
         own_queries = 0
+        self.stand_in.reset_counts()
         with psycopg.connect(self.url, autocommit=True) as conn:
             commits_before = self._commits(conn)
             own_queries += 2
@@ -154,9 +177,9 @@ class Bench:
                 left = self.client.hlen(MSGS_KEY)
                 now = time.perf_counter()
                 if started is None and left <= n - warmup:
-                    started = now
+                    started, steal_start = now, _steal_ticks()
                 if left == 0:
-                    finished = now
+                    finished, steal_end = now, _steal_ticks()
                 if time.monotonic() > deadline:
                     worker.kill()
                     raise RuntimeError(f"worker did not drain {n} jobs in time ({left} left)")
@@ -188,6 +211,8 @@ class Bench:
                 ).fetchone()  # type: ignore[misc]
         assert started is not None and finished is not None
         seconds = max(finished - started, 1e-6)
+        requests = self.stand_in.requests
+        steal = (steal_end - steal_start) / _TICKS / seconds / (os.cpu_count() or 1)
         return Run(
             mode=mode,
             n=n,
@@ -200,6 +225,8 @@ class Bench:
             lag_p99=None if lag_p99 is None else round(lag_p99, 4),
             peak_rss_mb=round(peak_rss / 1024 / 1024, 1),
             send_seconds=round(send_seconds, 2),
+            http_requests_per_job=round(requests / n, 4) if mode == "supabase" else None,
+            steal_percent=round(100 * steal, 1),
         )
 
 
@@ -207,6 +234,16 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _steal_ticks() -> int:
+    """CPU time the hypervisor gave to others while this VM wanted it (all CPUs, in ticks)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) if len(fields) > 8 else 0
 
 
 def _peak_rss(pid: int) -> int:
@@ -227,33 +264,47 @@ def _peak_rss(pid: int) -> int:
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
-    by: dict[tuple[int, str], list[Run]] = {}
+    """Per N and store: medians of each mode, the ratio against sync off (of the medians, and
+    the median of each round's own ratio), and the worst of the per-run checks."""
+    by: dict[tuple[int, str], dict[int, Run]] = {}
     for r in runs:
-        by.setdefault((r.n, r.mode), []).append(r)
+        by.setdefault((r.n, r.mode), {})[r.round] = r
     table = []
     for n in sorted({r.n for r in runs}):
-        off, on = by.get((n, "off"), []), by.get((n, "on"), [])
-        if not off or not on:
-            continue
-        off_rate = statistics.median(r.jobs_per_second for r in off)
-        on_rate = statistics.median(r.jobs_per_second for r in on)
-        table.append(
-            {
-                "n": n,
-                "rounds": min(len(off), len(on)),
-                "off_jobs_per_second": round(off_rate, 1),
-                "on_jobs_per_second": round(on_rate, 1),
-                "ratio": round(on_rate / off_rate, 3),
-                "transactions_per_job": statistics.median(r.transactions_per_job or 0 for r in on),
-                "rows_completed_min": min(r.rows_completed or 0 for r in on),
-                "all_rows_completed": all(r.rows_completed == n for r in on),
-                "lag_p50": statistics.median(r.lag_p50 or 0 for r in on),
-                "lag_p99": max(r.lag_p99 or 0 for r in on),
-                "peak_rss_mb_off": max(r.peak_rss_mb for r in off),
-                "peak_rss_mb_on": max(r.peak_rss_mb for r in on),
-                "rss_ratio": round(max(r.peak_rss_mb for r in on) / max(r.peak_rss_mb for r in off), 3),
-            }
-        )
+        off = by.get((n, "off"), {})
+        for mode in MODES[1:]:
+            on = by.get((n, mode), {})
+            if not off or not on:
+                continue
+            off_rate = statistics.median(r.jobs_per_second for r in off.values())
+            on_rate = statistics.median(r.jobs_per_second for r in on.values())
+            paired = [on[k].jobs_per_second / off[k].jobs_per_second for k in on.keys() & off.keys()]
+            rss_off = max(r.peak_rss_mb for r in off.values())
+            rss_on = max(r.peak_rss_mb for r in on.values())
+            requests = [r.http_requests_per_job for r in on.values() if r.http_requests_per_job is not None]
+            table.append(
+                {
+                    "n": n,
+                    "store": "postgres" if mode == "on" else mode,
+                    "rounds": len(paired),
+                    "off_jobs_per_second": round(off_rate, 1),
+                    "on_jobs_per_second": round(on_rate, 1),
+                    "ratio": round(on_rate / off_rate, 3),
+                    "paired_ratio_median": round(statistics.median(paired), 3) if paired else None,
+                    "transactions_per_job": statistics.median(
+                        r.transactions_per_job or 0 for r in on.values()
+                    ),
+                    "http_requests_per_job": statistics.median(requests) if requests else None,
+                    "rows_completed_min": min(r.rows_completed or 0 for r in on.values()),
+                    "all_rows_completed": all(r.rows_completed == n for r in on.values()),
+                    "lag_p50": statistics.median(r.lag_p50 or 0 for r in on.values()),
+                    "lag_p99": max(r.lag_p99 or 0 for r in on.values()),
+                    "peak_rss_mb_off": rss_off,
+                    "peak_rss_mb_on": rss_on,
+                    "rss_ratio": round(rss_on / rss_off, 3),
+                    "steal_percent_max": max(r.steal_percent or 0 for r in [*off.values(), *on.values()]),
+                }
+            )
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
@@ -261,15 +312,53 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     }
 
 
+#: the targets of issue [5/6], checked on the PostgreSQL rows of the summary
+TARGETS = (
+    ("ratio >= 0.90", lambda row: row["ratio"] >= 0.90),
+    ("<= 0.2 database transactions per job", lambda row: row["transactions_per_job"] <= 0.2),
+    ("lag p99 <= 1 s", lambda row: row["lag_p99"] <= 1.0),
+    ("every row completed", lambda row: row["all_rows_completed"]),
+    ("peak RSS on <= 1.3 x off", lambda row: row["rss_ratio"] <= 1.3),
+)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(f"{'N':>7} {'store':>8} {'off j/s':>8} {'on j/s':>8} {'ratio':>6} {'paired':>6} {'tx/job':>7} "
+          f"{'req/job':>7} {'done':>4} {'lag p50':>8} {'lag p99':>8} {'RSS off':>7} {'RSS on':>7} "
+          f"{'steal':>5}")  # fmt: skip
+    for row in summary["table"]:
+        requests = row["http_requests_per_job"]
+        print(
+            f"{row['n']:>7} {row['store']:>8} {row['off_jobs_per_second']:>8.0f} "
+            f"{row['on_jobs_per_second']:>8.0f} {row['ratio']:>6.3f} {row['paired_ratio_median'] or 0:>6.3f} "
+            f"{row['transactions_per_job']:>7.4f} {'-' if requests is None else f'{requests:.4f}':>7} "
+            f"{'yes' if row['all_rows_completed'] else 'NO':>4} "
+            f"{row['lag_p50']:>7.3f}s {row['lag_p99']:>7.3f}s "
+            f"{row['peak_rss_mb_off']:>5.1f}MB {row['peak_rss_mb_on']:>5.1f}MB "
+            f"{row['steal_percent_max']:>4.1f}%"
+        )
+    postgres = [row for row in summary["table"] if row["store"] == "postgres"]
+    if not postgres:
+        return
+    print()
+    for name, check in TARGETS:
+        missed = [row["n"] for row in postgres if not check(row)]
+        print(f"  {'met' if not missed else 'NOT met'}: {name}" + (f" (N = {missed})" if missed else ""))
+    ratios = [row["ratio"] for row in postgres]
+    print(f"  ratio by N: {', '.join(f'{r:.3f}' for r in ratios)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5000,20000,100000", help="comma-separated N values")
     parser.add_argument("--rounds", type=int, default=3, help="runs per mode and N")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--workdir", default=str(ROOT / ".coursegen" / "bench"))
     parser.add_argument("--out", help="also write the summary JSON here")
     args = parser.parse_args(argv)
+    modes = [m for m in MODES if m in args.modes.split(",")]
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -278,24 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     with Bench(workdir, args.processes, args.threads) as bench:
         for n in (int(x) for x in args.sizes.split(",")):
             for round_no in range(1, args.rounds + 1):
-                # alternate which mode goes first, so drift in the machine hits both alike
-                for mode in ("off", "on") if round_no % 2 else ("on", "off"):
+                # rotate which mode goes first, so drift in the machine hits every mode alike
+                shift = (round_no - 1) % len(modes)
+                for mode in modes[shift:] + modes[:shift]:
                     run = bench.run(mode, n, round_no)
                     runs.append(run)
                     print(json.dumps(asdict(run)), flush=True)
     summary = summarize(runs)
     print(json.dumps(summary, indent=2))
     print()
-    print(f"{'N':>7} {'off j/s':>9} {'on j/s':>9} {'ratio':>6} {'tx/job':>7} {'completed':>9} "
-          f"{'lag p50':>8} {'lag p99':>8} {'RSS off':>8} {'RSS on':>8}")  # fmt: skip
-    for row in summary["table"]:
-        print(
-            f"{row['n']:>7} {row['off_jobs_per_second']:>9.0f} {row['on_jobs_per_second']:>9.0f} "
-            f"{row['ratio']:>6.3f} {row['transactions_per_job']:>7.4f} "
-            f"{'yes' if row['all_rows_completed'] else 'NO':>9} "
-            f"{row['lag_p50']:>7.3f}s {row['lag_p99']:>7.3f}s "
-            f"{row['peak_rss_mb_off']:>6.1f}MB {row['peak_rss_mb_on']:>6.1f}MB"
-        )
+    print_table(summary)
     if args.out:
         Path(args.out).write_text(
             json.dumps({"summary": summary, "runs": [asdict(r) for r in runs]}, indent=2)
