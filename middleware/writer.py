@@ -472,11 +472,11 @@ class StatusWriter:
         try:
             # while degraded this is a probe: one event, so that the outbox (and its depth gauge)
             # does not look empty for the time the store takes to fail again
-            taken = outbox.take(1 if self._degraded else self.max_batch)
+            claim = outbox.take(1 if self._degraded else self.max_batch)
         except TransientStoreError:
             self._next_drain = now + self.drain_interval
             return
-        if not taken:
+        if claim.key is None:
             self._next_drain = now + self.drain_interval
             self._next_depth_check = 0.0  # show the empty outbox now
             if self._drained:
@@ -494,22 +494,35 @@ class StatusWriter:
             return
         if not self._drained:
             self._drain_started = now
-        raw = [item for item, _event in taken]
-        events = [event for _item, event in taken]
+        events = claim.events
         try:
-            outcomes = self._apply(metrics, events, retry=False)
+            outcomes = self._apply(metrics, events, retry=False) if events else []
         except StoreError:
             try:
-                outbox.put_back(raw)
-            except TransientStoreError:  # Redis went away in between: keep them in memory
+                outbox.put_back(claim)
+            except TransientStoreError:  # Redis went away in between: keep them in memory too
+                logger.warning(
+                    "Could not return %d claimed outbox events; kept in memory, and the claim "
+                    "comes back when its lease ends.",
+                    len(events),
+                    extra={"action": "outbox_put_back_failed", "reason": "outbox"},
+                )
                 self._requeue(events)
             self._degraded = True
             self._next_probe = time.monotonic() + self.probe_interval
             return
+        try:
+            outbox.done(claim)
+        except TransientStoreError:  # applied, but still claimed: re-applied later, harmlessly
+            logger.warning(
+                "Could not release %d applied outbox events; they are applied again when the lease ends.",
+                len(events),
+                extra={"action": "outbox_done_failed", "reason": "outbox"},
+            )
         self._degraded = False
         self._drained += len(events)
         self._record(metrics, events, outcomes)
-        self._next_drain = now if len(taken) == self.max_batch else now + min(self.drain_interval, 0.1)
+        self._next_drain = now if len(claim.raw) == self.max_batch else now + min(self.drain_interval, 0.1)
 
     def _update_outbox_depth(self, metrics: SyncMetrics) -> None:
         """Sample the outbox's length every ``drain_interval`` seconds, while Redis answers."""

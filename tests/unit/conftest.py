@@ -1,15 +1,14 @@
 """Fixtures of the unit suite: Dramatiq's StubBroker wired like production, a recording store.
 
-Nothing here talks to a database. The store is a fake that records the batches the writer gives
-it and answers "applied" (it never decides whether a transition is allowed: that is SQL's job).
-The writer is the real :class:`StatusWriter`; :class:`SpyWriter` only records what the hooks hand
-to ``submit()`` before delegating, so a test can see every transition even when the buffer
-coalesces them.
+Nothing here talks to a database (the outbox is on the session's real Redis). The store is a
+fake that records the batches the writer gives it and answers "applied" (it never decides
+whether a transition is allowed: that is SQL's job). The writer is the real
+:class:`StatusWriter`; :class:`SpyWriter` only records what the hooks hand to ``submit()``
+before delegating, so a test can see every transition even when the buffer coalesces them.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq import Middleware
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -303,67 +303,11 @@ def harness(make_harness: Callable[..., Harness]) -> Harness:
     return make_harness()
 
 
-class InMemoryRedisLists:
-    """A stand-in for the three Redis list commands :class:`RedisOutbox` uses.
-
-    Behaves like Redis on a list of strings: ``rpush(key, *values)`` appends and returns the new
-    length (values come back as ``bytes``, as from a client without ``decode_responses``);
-    ``lpop(key, count)`` removes and returns up to ``count`` items from the head as a list, or
-    ``None`` when the list is empty or missing; ``llen(key)`` is the length (0 when missing).
-    Thread-safe, like a Redis server seen from several threads.
-    """
-
-    def __init__(self) -> None:
-        self._lists: dict[str, list[bytes]] = {}
-        self._lock = threading.Lock()
-
-    def rpush(self, key: str, *values: str | bytes) -> int:
-        if not values:
-            raise TypeError("rpush needs at least one value")
-        with self._lock:
-            items = self._lists.setdefault(key, [])
-            items.extend(v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values)
-            return len(items)
-
-    def lpop(self, key: str, count: int | None = None) -> bytes | list[bytes] | None:
-        with self._lock:
-            items = self._lists.get(key)
-            if not items:
-                return None
-            if count is None:
-                return items.pop(0)
-            taken, items[:count] = items[:count], []
-            return taken
-
-    def llen(self, key: str) -> int:
-        with self._lock:
-            return len(self._lists.get(key, []))
-
-    def delete(self, *keys: str) -> int:
-        with self._lock:
-            return sum(self._lists.pop(key, None) is not None for key in keys)
-
-    def close(self) -> None:
-        return None
-
-
 @pytest.fixture
-def outbox() -> Iterator[RedisOutbox]:
-    """A RedisOutbox on a real Redis when COURSEGEN_TEST_REDIS_URL is set, else in memory.
-
-    Each test gets its own list key, deleted at teardown.
-    """
-    url = os.environ.get("COURSEGEN_TEST_REDIS_URL")
-    client: Any
-    if url:
-        import redis
-
-        client = redis.Redis.from_url(url)
-    else:
-        client = InMemoryRedisLists()
-    key = f"job_status:outbox:unit-test:{uuid.uuid4()}"
+def outbox(redis_url: str) -> Iterator[RedisOutbox]:
+    """A RedisOutbox on the session's real Redis (emptied for each test)."""
+    client = redis.Redis.from_url(redis_url)
     try:
-        yield RedisOutbox(client, key=key)
+        yield RedisOutbox(client, key=f"job_status:outbox:unit-test:{uuid.uuid4()}")
     finally:
-        client.delete(key)
         client.close()

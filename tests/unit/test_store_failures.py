@@ -76,7 +76,7 @@ def test_store_down_job_completes_and_events_spill_to_the_outbox(
     harness.run()
     assert ran == ["one", "two"]
 
-    spilled = [event for _raw, event in outbox.take(1000)]
+    spilled = outbox.take(1000).events
     assert delta(FAILURES, reason="spilled") == len(spilled)
     for message in (first, second):
         mine = [event for event in spilled if event.job_id == message.message_id]
@@ -284,7 +284,7 @@ def test_the_writer_thread_survives_an_unencodable_result_while_spilling(
 
     harness.writer.flush(timeout=1)
 
-    spilled = {event.job_id: event for _raw, event in outbox.take(100)}
+    spilled = {event.job_id: event for event in outbox.take(100).events}
     assert sorted(spilled) == ["job-later", "job-poison"]
     assert spilled["job-poison"].result["_unstorable"] is True  # the status survives, summarized
     assert spilled["job-later"].result == "fine"
