@@ -352,7 +352,7 @@ def print_table(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5000,20000,100000", help="comma-separated N values")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per mode and N")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per mode and N")
     parser.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
