@@ -167,8 +167,7 @@ def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
 def test_jobs_api_through_supabase_rest(
     database_url: str, redis_url: str, three_jobs: tuple[Owner, dict[str, str]]
 ) -> None:
-    """status and cancel through the real supabase client and the PostgREST stand-in (which
-    cannot order or limit, so listing is only tested on PostgreSQL)."""
+    """status, list and cancel through the real supabase client and the PostgREST stand-in."""
     owner, ids = three_jobs
     stand_in = PostgrestStandIn(database_url)
     http = httpx.Client(transport=stand_in)
@@ -182,6 +181,10 @@ def test_jobs_api_through_supabase_rest(
         assert running.updated_at is not None and running.updated_at.tzinfo is not None
         with pytest.raises(JobNotFound):
             jobs.status("nobody")
+        listed = jobs.list(user_id=owner.user_id)
+        assert [j.job_id for j in listed] == [ids["done"], ids["running"], ids["queued"]]  # newest first
+        assert [j.job_id for j in jobs.list(user_id=owner.user_id, limit=2)] == [ids["done"], ids["running"]]
+        assert [j.job_id for j in jobs.list(status="completed", tenant_id=owner.tenant_id)] == [ids["done"]]
         outcome = jobs.cancel(ids["running"])
         assert (outcome.requested, outcome.already) == (True, False)
         assert jobs.cancel(ids["done"]).finished

@@ -33,6 +33,8 @@ create function public.whoami() returns jsonb language sql stable as $$
     'role', current_user, 'sub', auth.uid(), 'method', current_setting('request.method'),
     'read_only', current_setting('transaction_read_only'))
 $$;
+create table public.ordered (n integer primary key, tag text);
+grant select, insert on public.ordered to service_role;
 create sequence public.counter;
 create function public.stable_writer() returns bigint language sql stable
   as $$ select pg_catalog.nextval('public.counter') $$;
@@ -126,6 +128,31 @@ def test_the_rows_of_a_set_returning_function_are_filtered_like_a_tables(
     assert client.post("/rpc/squares?i=gt.9", json={"n": 5}, headers=headers).json() == []
     scalar = client.post("/rpc/add?a=eq.1", json={"a": 1}, headers=headers)
     assert (scalar.status_code, scalar.json()["code"]) == (400, "PGRST100")
+
+
+def test_a_table_is_ordered_limited_and_offset(http: tuple[httpx.Client, PostgrestStandIn]) -> None:
+    client, _ = http
+    key = service_key()
+    headers = {"apikey": key, "authorization": f"Bearer {key}"}
+    client.post(
+        "/ordered",
+        json=[{"n": 2, "tag": "b"}, {"n": 1, "tag": None}, {"n": 3, "tag": "a"}],
+        headers=headers,
+    )
+
+    def names(query: str) -> list[Any]:
+        response = client.get(f"/ordered?select=n{query}", headers=headers)
+        assert response.status_code == 200, response.text
+        return [row["n"] for row in response.json()]
+
+    assert names("&order=n.desc") == [3, 2, 1]
+    assert names("&order=n&limit=2") == [1, 2]
+    assert names("&order=n.desc&limit=1&offset=1") == [2]
+    assert names("&order=tag.asc.nullsfirst") == [1, 3, 2]
+    assert names("&order=tag.desc.nullslast") == [2, 3, 1]
+    assert names("&n=gt.1&order=n.desc") == [3, 2]
+    bad = client.get("/ordered?order=n.sideways", headers=headers)
+    assert (bad.status_code, bad.json()["code"]) == (400, "PGRST100")
 
 
 def test_role_claims_and_read_only_transactions(http: tuple[httpx.Client, PostgrestStandIn]) -> None:

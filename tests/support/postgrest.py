@@ -25,7 +25,8 @@ Reproduced:
   the rows of a set-returning function of a row type filtered by ``?<col>=<op>.<value>`` like
   a table's;
   unknown function 404 ``PGRST202``, ambiguous 300 ``PGRST203``, bad JSON 400 ``PGRST102``;
-* tables: ``GET ?select=<*|columns>&<col>=<op>.<value>`` (ops ``eq neq gt gte lt lte is in``),
+* tables: ``GET ?select=<*|columns>&<col>=<op>.<value>`` (ops ``eq neq gt gte lt lte is in``)
+  with ``order=<col>[.asc|.desc][.nullsfirst|.nullslast],...``, ``limit`` and ``offset``,
   ``POST`` (insert an object or array; ``Prefer: return=representation`` returns the rows),
   ``PATCH`` and ``DELETE`` with the same filters; unknown table 404 ``PGRST205``;
 * ``Accept-Profile`` / ``Content-Profile`` limited to the exposed schemas (406 ``PGRST106``);
@@ -36,7 +37,7 @@ Reproduced:
   ``PGRST001``.
 
 Not reproduced: the gateway's check that ``apikey`` is one of the project's keys (any valid JWT
-passes), embedding, ordering, ranges and counts, ``Prefer`` options other than
+passes), embedding, ``Range`` headers and counts, ``Prefer`` options other than
 ``return=representation``, ``GET``/``HEAD`` calls of functions, a function's single unnamed
 ``json`` parameter, ``PUT`` upserts, ``on_conflict``, role settings (``statement_timeout``),
 JWKS/asymmetric keys, ``aud`` checks, the schema cache (the catalog is read per request),
@@ -79,7 +80,7 @@ _FILTER_OPS = {
     "lt": "<",
     "lte": "<=",
 }
-_RESERVED_PARAMS = {"select"}
+_RESERVED_PARAMS = {"select", "order", "limit", "offset"}
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -500,8 +501,8 @@ class PostgrestStandIn(httpx.BaseTransport):
         if method in ("GET", "HEAD"):
             query = sql.SQL(
                 "select coalesce(pg_catalog.json_agg(_pgrst_t), '[]')::text "
-                "from (select {} from {} where {}) _pgrst_t"
-            ).format(_columns(request), table, where)
+                "from (select {} from {} where {}{}) _pgrst_t"
+            ).format(_columns(request), table, where, _order_and_range(request))
             with self._transaction(request, claims, role, schema, read_only=True) as conn:
                 text = conn.execute(query, values).fetchone()[0]
             return httpx.Response(200, content=text.encode(), headers={"content-type": _JSON})
@@ -644,6 +645,39 @@ def _columns(request: httpx.Request) -> sql.Composable:
     if not all(n and n.replace("_", "").isalnum() for n in names):
         raise ApiError(400, "PGRST100", f'"failed to parse select parameter ({select})"')
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _order_and_range(request: httpx.Request) -> sql.Composable:
+    """``order=<col>[.asc|.desc][.nullsfirst|.nullslast],...``, ``limit=<n>``, ``offset=<n>``."""
+    params = request.url.params
+    parts: list[sql.Composable] = []
+    order = params.get("order")
+    if order:
+        terms = []
+        for term in order.split(","):
+            column, *modifiers = term.strip().split(".")
+            direction, nulls = "asc", ""
+            for modifier in modifiers:
+                if modifier in ("asc", "desc"):
+                    direction = modifier
+                elif modifier in ("nullsfirst", "nullslast"):
+                    nulls = " nulls first" if modifier == "nullsfirst" else " nulls last"
+                else:
+                    column = ""
+            if not column or not column.replace("_", "").isalnum():
+                raise ApiError(400, "PGRST100", f'"failed to parse order ({order})" (line 1, column 1)')
+            terms.append(
+                sql.SQL("{} {}{}").format(sql.Identifier(column), sql.SQL(direction), sql.SQL(nulls))
+            )
+        parts.append(sql.SQL(" order by ") + sql.SQL(", ").join(terms))
+    for key in ("limit", "offset"):
+        value = params.get(key)
+        if value is None:
+            continue
+        if not value.isdigit():
+            raise ApiError(400, "PGRST100", f'"failed to parse {key} ({value})"')
+        parts.append(sql.SQL(f" {key} {int(value)}"))
+    return sql.Composed(parts)
 
 
 def _filters(request: httpx.Request, *relation: str) -> tuple[sql.Composable, dict[str, Any]]:
