@@ -47,7 +47,9 @@ local items = redis.call('LPOP', KEYS[1], ARGV[1])
 if not items then
   return {}
 end
-redis.call('RPUSH', ARGV[2], unpack(items))
+for i = 1, #items, 1000 do  -- unpack() is bounded by Lua's stack: RPUSH in chunks
+  redis.call('RPUSH', ARGV[2], unpack(items, i, math.min(i + 999, #items)))
+end
 redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[2])
 return items
 """

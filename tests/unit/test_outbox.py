@@ -111,3 +111,14 @@ def test_a_writer_drains_what_a_killed_worker_had_claimed(client: redis.Redis) -
         writer.close(timeout=5)
     assert sorted(e.job_id for e in applied(store)) == sorted(f"job-{i}" for i in range(20))
     assert client.llen(key) == 0 and client.zcard(f"{key}:leases") == 0
+
+
+def test_a_claim_larger_than_luas_unpack_limit_is_taken_whole(client: redis.Redis) -> None:
+    outbox = RedisOutbox(client, key="ob:big")
+    outbox.push(events(9000))
+
+    claim = outbox.take(9000)
+
+    assert len(claim) == 9000 and client.llen(claim.key) == 9000
+    outbox.put_back(claim)
+    assert outbox.depth() == 9000 and claims(client, outbox) == 0
