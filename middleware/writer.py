@@ -269,8 +269,14 @@ class StatusWriter:
             elif stopping:
                 break
             if not stopping:  # also between batches: under steady load the outbox must drain too
-                self._maybe_drain(metrics)
-                self._update_outbox_depth(metrics)
+                try:
+                    self._maybe_drain(metrics)
+                    self._update_outbox_depth(metrics)
+                except Exception:  # the thread must outlive any outbox surprise; a claim taken
+                    # here and not answered comes back when its lease ends
+                    logger.exception("Status writer failed on the outbox.", extra={"action": "sync_error"})
+                    metrics.failures.labels("error").inc()
+                    self._next_drain = self._next_depth_check = time.monotonic() + self.drain_interval
         metrics.queue_depth.set(0)
         self._close_store()
 

@@ -122,3 +122,29 @@ def test_a_claim_larger_than_luas_unpack_limit_is_taken_whole(client: redis.Redi
     assert len(claim) == 9000 and client.llen(claim.key) == 9000
     outbox.put_back(claim)
     assert outbox.depth() == 9000 and claims(client, outbox) == 0
+
+
+def test_the_writer_thread_outlives_an_outbox_that_raises_anything(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis's client raises ValueError on a socket closed under it, not a RedisError: the
+    writer must log it and go on writing batches."""
+    broken = RedisOutbox(client, key="ob:broken")
+    calls: list[int] = []
+
+    def take(count: int) -> None:
+        calls.append(count)
+        raise ValueError("I/O operation on closed file.")
+
+    broken.take = take  # type: ignore[method-assign]
+    store = RecordingStore()
+    writer = StatusWriter(lambda: store, outbox=broken, flush_interval=0.01, drain_interval=0.01)
+    try:
+        writer.submit(events(1)[0])
+        wait_for(lambda: len(calls) >= 2, timeout=5, what="the writer to try the outbox twice")
+        writer.submit(events(2)[1])
+        assert writer.flush(timeout=5)
+    finally:
+        writer.close(timeout=5)
+    assert sorted(e.job_id for e in applied(store)) == ["job-0", "job-1"]
+    assert any(r.__dict__.get("action") == "sync_error" for r in caplog.records)
