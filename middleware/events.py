@@ -203,13 +203,7 @@ class StatusEvent:
             text = self._encode_plain(max_result_bytes)
         except _Unusual:
             return self._encode_general(max_result_bytes)
-        try:
-            text.encode("utf-8")  # lone surrogates cannot travel
-        except UnicodeEncodeError:
-            return self._encode_general(max_result_bytes)
-        if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL characters
-            return self._encode_general(max_result_bytes)
-        return text
+        return text if _travels(text) else self._encode_general(max_result_bytes)
 
     def _encode_plain(self, max_result_bytes: int) -> str:
         """The JSON of an event whose fields have the types the hooks give them, built by hand.
@@ -240,22 +234,10 @@ class StatusEvent:
             ',"event_at":',
             _number(self.event_at),
         ]
-        if self.enqueued_at is not None:
-            parts += (',"enqueued_at":', _number(self.enqueued_at))
-        if self.started_at is not None:
-            parts += (',"started_at":', _number(self.started_at))
-        if self.progress is not None:
-            parts += (',"progress":', _number(self.progress))
-        if self.progress_message is not None:
-            parts += (',"progress_message":', _text(self.progress_message))
-        if self.result is not None:
-            parts += (',"result":', _storable_result(self.result, max_result_bytes)[1])
-        if self.error_type is not None:
-            parts += (',"error_type":', _text(self.error_type))
-        if self.error_message is not None:
-            parts += (',"error_message":', _text(self.error_message))
-        if self.next_retry_at is not None:
-            parts += (',"next_retry_at":', _number(self.next_retry_at))
+        for name, key, encode in _PLAIN_OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                parts += (key, encode(value) if encode else _storable_result(value, max_result_bytes)[1])
         parts.append("}")
         return "".join(parts)
 
@@ -269,12 +251,11 @@ class StatusEvent:
             doc["result"] = _storable_result(doc["result"], max_result_bytes)[0]
         try:
             text = json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-            text.encode("utf-8")  # lone surrogates cannot travel
-        except (TypeError, ValueError):  # NaN in a float field, or text that is not UTF-8
-            return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
-        if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL characters
-            return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
-        return text
+        except (TypeError, ValueError):  # NaN in a float field
+            text = ""
+        if text and _travels(text):
+            return text
+        return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> StatusEvent:
@@ -315,6 +296,16 @@ def _number(value: Any) -> str:
     raise _Unusual  # bool, Decimal, None in a required field, ...
 
 
+def _travels(text: str) -> bool:
+    """Whether encoded JSON can go to the store: UTF-8 (no lone surrogates) and no NUL, which
+    PostgreSQL's jsonb refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\\u0000" not in text
+
+
 def _storable_result(result: Any, max_result_bytes: int) -> tuple[Any, str]:
     """(value, its JSON): the result, or a summary when it is not JSON (NaN, infinity, an
     object, too deep) or its encoding is larger than ``max_result_bytes``."""
@@ -335,16 +326,19 @@ def _storable_result(result: Any, max_result_bytes: int) -> tuple[Any, str]:
     return result, encoded
 
 
-_OPTIONAL = (
-    "enqueued_at",
-    "started_at",
-    "progress",
-    "progress_message",
-    "result",
-    "error_type",
-    "error_message",
-    "next_retry_at",
+#: the optional fields, in as_dict order: (attribute, its JSON key, its encoder; None: the result)
+_PLAIN_OPTIONAL = (
+    ("enqueued_at", ',"enqueued_at":', _number),
+    ("started_at", ',"started_at":', _number),
+    ("progress", ',"progress":', _number),
+    ("progress_message", ',"progress_message":', _text),
+    ("result", ',"result":', None),
+    ("error_type", ',"error_type":', _text),
+    ("error_message", ',"error_message":', _text),
+    ("next_retry_at", ',"next_retry_at":', _number),
 )
+
+_OPTIONAL = tuple(name for name, _key, _encode in _PLAIN_OPTIONAL)
 
 
 def _sanitized(value: Any) -> Any:
