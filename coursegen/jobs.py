@@ -68,15 +68,7 @@ COLUMNS = (
     "created_at",
     "updated_at",
 )
-_TIMES = (
-    "next_retry_at",
-    "enqueued_at",
-    "started_at",
-    "finished_at",
-    "cancel_requested_at",
-    "created_at",
-    "updated_at",
-)
+_TIMES = tuple(name for name in COLUMNS if name.endswith("_at"))  # timestamptz columns
 
 
 # -- errors -------------------------------------------------------------------------------
