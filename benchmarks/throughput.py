@@ -22,6 +22,7 @@ served over HTTP from this process). One JSON line per run, then a summary:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -78,28 +79,28 @@ class Bench:
         self.postgres = LocalPostgres(workdir / "postgres")
 
     def __enter__(self) -> Bench:
-        self.redis.start()
-        self.postgres.start()
-        self.url = self.postgres.url()
-        migrate(self.url)
-        self.tenant_id, self.user_id = str(uuid.uuid4()), str(uuid.uuid4())
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(
-                "insert into public.organizations (id, name) values (%s, 'bench')", (self.tenant_id,)
-            )
-            conn.execute("insert into auth.users (id) values (%s)", (self.user_id,))
-            self.dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
-        self.client = redis.Redis.from_url(self.redis.url)
-        self.stand_in = PostgrestStandIn(self.url)
-        self._serving = serve(self.stand_in)
-        self.supabase_url = self._serving.__enter__()
+        # one stack: whatever started is stopped again, also when a later step fails
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.redis)
+            stack.enter_context(self.postgres)
+            self.url = self.postgres.url()
+            migrate(self.url)
+            self.tenant_id, self.user_id = str(uuid.uuid4()), str(uuid.uuid4())
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(
+                    "insert into public.organizations (id, name) values (%s, 'bench')", (self.tenant_id,)
+                )
+                conn.execute("insert into auth.users (id) values (%s)", (self.user_id,))
+                self.dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
+            self.client = redis.Redis.from_url(self.redis.url)
+            self.stand_in = PostgrestStandIn(self.url)
+            stack.callback(self.stand_in.close)
+            self.supabase_url = stack.enter_context(serve(self.stand_in))
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._serving.__exit__(None, None, None)
-        self.stand_in.close()
-        self.postgres.stop()
-        self.redis.stop()
+        self._stack.close()
 
     def env(self, mode: str) -> dict[str, str]:
         env = {
