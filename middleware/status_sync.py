@@ -22,7 +22,16 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
 from .errors import InvalidOwnerError, JobCancelled
-from .events import MAX_ERROR_CHARS, MAX_PROGRESS_MESSAGE_CHARS, Owner, Status, StatusEvent, clean_text
+from .events import (
+    MAX_ERROR_CHARS,
+    MAX_PROGRESS_MESSAGE_CHARS,
+    Identity,
+    Owner,
+    Status,
+    StatusEvent,
+    clean_text,
+    event_time,
+)
 from .metrics import get_metrics
 from .validation import add_throws
 from .writer import StatusWriter
@@ -69,16 +78,12 @@ def _error_fields(exception: BaseException) -> dict[str, str]:
     }
 
 
-#: (job_id, owner, actor_name, queue_name, enqueued_at) of a message
-_Identity = tuple[str, Owner, str, str, float]
-
-
 class _AttemptState(threading.local):
     """What one worker thread knows about the message it is processing."""
 
     def __init__(self) -> None:
         self.job_id: str | None = None
-        self.identity: _Identity | None = None
+        self.identity: Identity | None = None
         self.attempt = 0
         self.started_at: float | None = None
         self.retry_at: float | None = None
@@ -86,7 +91,7 @@ class _AttemptState(threading.local):
         self.progress = -1
         self.progress_at = 0.0
         self.cancel_checked_at = 0.0
-        self.fresh: _Identity | None = None  # set by before_enqueue for after_enqueue
+        self.fresh: Identity | None = None  # set by before_enqueue for after_enqueue
 
 
 class JobStatusMiddleware(Middleware):
@@ -137,7 +142,7 @@ class JobStatusMiddleware(Middleware):
             tracked = self._tracked[actor_name] = bool(options.get("track_status", self.track_all))
         return tracked
 
-    def _identity(self, message: Message[Any], owner: Owner | None = None) -> _Identity | None:
+    def _identity(self, message: Message[Any], owner: Owner | None = None) -> Identity | None:
         """What every event of this message repeats: read once per message, not per event."""
         raw = getattr(message, "_message", message)  # past MessageProxy's __getattr__: hot path
         if owner is None:
@@ -154,7 +159,7 @@ class JobStatusMiddleware(Middleware):
         # a delayed message sits on "<queue>.DQ": the row names the actor's queue
         return (raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), raw.message_timestamp / 1000)
 
-    def _submit(self, identity: _Identity | None, status: Status, attempt: int, **fields: Any) -> None:
+    def _submit(self, identity: Identity | None, status: Status, attempt: int, **fields: Any) -> None:
         if identity is None:
             return
         job_id, owner, actor_name, queue_name, enqueued_at = identity
@@ -166,7 +171,7 @@ class JobStatusMiddleware(Middleware):
                 owner,
                 actor_name,
                 queue_name,
-                round(time.time(), 6),
+                event_time(),
                 enqueued_at=enqueued_at,
                 **fields,
             )
@@ -289,11 +294,11 @@ class JobStatusMiddleware(Middleware):
                 return
             state.job_id = identity[0]
             state.attempt = getattr(message, "_message", message).options.get("retries", 0) + 1
-            state.started_at = round(time.time(), 6)
+            state.started_at = event_time()
             if self._cancel_requested(message):
                 state.cancelled = True
-            else:
-                self._submit(identity, Status.ACTIVE, state.attempt, started_at=state.started_at)
+            else:  # the active event is made only if the job still runs at the writer's next flush
+                self.writer.started((identity, state.attempt, state.started_at))
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("before_process_message", message)
         if state.cancelled:

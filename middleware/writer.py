@@ -1,9 +1,11 @@
 """StatusWriter: the one background thread per process that moves status events to the store.
 
 Hooks call :meth:`StatusWriter.submit`, which only merges the event into an in-memory buffer
-(one entry per job: a newer event replaces an older one, so ``active`` and ``completed`` of a
-short job become one row write). The thread flushes the buffer every ``flush_interval`` seconds,
-or sooner when a batch is full, in one store round trip per batch:
+(one entry per job: a newer event replaces an older one), and :meth:`StatusWriter.started` when
+a job begins, which only notes it: the ``active`` event is made at the next flush if the job is
+still running, so a short job costs one event and one row write, its final status. The thread
+flushes the buffer every ``flush_interval`` seconds, or sooner when a batch is full, in one store
+round trip per batch:
 
 * transient failures are retried with tenacity (exponential backoff with jitter, bounded in
   attempts and seconds); a rejected event is logged and counted on its own;
@@ -35,7 +37,7 @@ from tenacity import (
 )
 
 from .errors import StoreError, TransientStoreError
-from .events import Status, StatusEvent, redact
+from .events import JobStart, Status, StatusEvent, active_event, redact
 from .metrics import SyncMetrics, get_metrics, observe_many
 from .outbox import RedisOutbox
 from .stores.base import Outcome, StatusStore
@@ -103,6 +105,7 @@ class StatusWriter:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._buffer: dict[str, StatusEvent] = {}
+        self._starts: dict[str, JobStart] = {}  # running jobs whose active event is not made yet
         self._counts: collections.Counter[str] = collections.Counter()
         self._inflight = 0
         self._flush_requested = False
@@ -118,7 +121,7 @@ class StatusWriter:
         self._atexit_registered = False
 
     def __repr__(self) -> str:
-        return f"StatusWriter(buffered={len(self._buffer)}, degraded={self._degraded})"
+        return f"StatusWriter(buffered={len(self._buffer) + len(self._starts)}, degraded={self._degraded})"
 
     # -- the hooks' side ------------------------------------------------------------------
 
@@ -128,18 +131,38 @@ class StatusWriter:
             if self._thread is None:
                 self._start()
             self._counts[event.status] += 1  # a StrEnum: its label is its value
+            if self._starts:
+                self._starts.pop(event.job_id, None)  # this event says more than the start
             old = self._buffer.get(event.job_id)
             if old is not None:
-                if event.supersedes(old):
-                    if event.enqueued_at is None:
-                        event.enqueued_at = old.enqueued_at
-                    self._buffer[event.job_id] = event
+                self._merge_locked(event, old)
                 return
             if len(self._buffer) >= self.max_buffer and not self._make_room(event):
                 return
             self._buffer[event.job_id] = event
             if len(self._buffer) >= self.max_batch:
                 self._cond.notify_all()
+
+    def _merge_locked(self, event: StatusEvent, old: StatusEvent | None) -> None:
+        """Buffer ``event`` unless ``old``, the job's buffered event, is newer news (lock held)."""
+        if old is None:
+            self._buffer[event.job_id] = event
+        elif event.supersedes(old):
+            if event.enqueued_at is None:
+                event.enqueued_at = old.enqueued_at
+            self._buffer[event.job_id] = event
+
+    def started(self, start: JobStart) -> None:
+        """Note that a job began running (its ``active`` event, made lazily).
+
+        The next flush makes the event (stamped with the start time) unless an event of the
+        job was submitted in between: a job that ends within a flush interval is written once.
+        """
+        with self._lock:
+            if self._thread is None:
+                self._start()
+            self._counts[Status.ACTIVE] += 1
+            self._starts[start[0][0]] = start
 
     def _make_room(self, event: StatusEvent) -> bool:
         """Called with the lock held and the buffer full. False: drop the event."""
@@ -156,10 +179,12 @@ class StatusWriter:
         """Write everything buffered so far; True when it was written (or spilled)."""
         with self._cond:
             if self._thread is None:
-                return not self._buffer
+                return not self._buffer and not self._starts
             self._flush_requested = True
             self._cond.notify_all()
-            done = self._cond.wait_for(lambda: not self._buffer and not self._inflight, timeout=timeout)
+            done = self._cond.wait_for(
+                lambda: not self._buffer and not self._starts and not self._inflight, timeout=timeout
+            )
             self._flush_requested = False
             return done
 
@@ -174,7 +199,7 @@ class StatusWriter:
             self._cond.notify_all()
         thread.join(timeout)
         with self._cond:
-            left = len(self._buffer) + self._inflight
+            left = len(self._buffer) + len(self._starts) + self._inflight
             if thread.is_alive():
                 logger.error(
                     "Status writer did not finish within %.1fs; %d events unwritten.",
@@ -219,7 +244,8 @@ class StatusWriter:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Events waiting for the thread (a running job's pending ``active`` counts)."""
+        return len(self._buffer) + len(self._starts)
 
     @property
     def degraded(self) -> bool:
@@ -236,7 +262,7 @@ class StatusWriter:
             self._atexit_registered = True
 
     def _at_exit(self) -> None:
-        if self._thread is not None and (self._buffer or self._inflight):
+        if self._thread is not None and (self._buffer or self._starts or self._inflight):
             self.close()
 
     def _run(self) -> None:
@@ -248,7 +274,7 @@ class StatusWriter:
                 batch = self._take_locked()
                 stopping = self._stopping
                 counts, self._counts = self._counts, collections.Counter()
-                waiting = len(self._buffer) + self._inflight
+                waiting = len(self._buffer) + len(self._starts) + self._inflight
             self._count_events(metrics, counts)
             metrics.queue_depth.set(waiting)
             if batch:
@@ -281,6 +307,10 @@ class StatusWriter:
         self._close_store()
 
     def _take_locked(self) -> list[StatusEvent]:
+        if self._starts:  # jobs still running since the last flush: now their active events
+            starts, self._starts = self._starts, {}
+            for job_id, start in starts.items():
+                self._merge_locked(active_event(start), self._buffer.get(job_id))
         if not self._buffer:
             return []
         if len(self._buffer) <= self.max_batch:
@@ -466,9 +496,7 @@ class StatusWriter:
         """Put events back in the buffer, under newer news for the same job."""
         with self._cond:
             for event in events:
-                old = self._buffer.get(event.job_id)
-                if old is None or event.supersedes(old):
-                    self._buffer[event.job_id] = event
+                self._merge_locked(event, self._buffer.get(event.job_id))
 
     def _maybe_drain(self, metrics: SyncMetrics) -> None:
         outbox = self.outbox

@@ -31,7 +31,7 @@ from middleware import (
     RedisCancelFlags,
     progress,
 )
-from middleware.events import Owner, Status, StatusEvent
+from middleware.events import Owner, Status, StatusEvent, active_event
 from middleware.stores.base import APPLIED, Outcome
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
@@ -401,8 +401,9 @@ def test_an_unreadable_flag_never_stops_a_job_nor_its_status(
     status.is_cancel_requested = unreachable
     status.cancel_check_interval = status.progress_interval = 0.0
     submitted: list[StatusEvent] = []  # before the writer coalesces active into completed
-    submit = status.writer.submit
+    submit, started = status.writer.submit, status.writer.started
     status.writer.submit = lambda event: (submitted.append(event), submit(event))[1]  # type: ignore[method-assign]
+    status.writer.started = lambda start: (submitted.append(active_event(start)), started(start))[1]  # type: ignore[method-assign]
 
     @dramatiq.actor(track_status=True)
     def steady(payload: dict[str, Any]) -> str:

@@ -3,8 +3,8 @@
 Nothing here talks to a database (the outbox is on the session's real Redis). The store is a
 fake that records the batches the writer gives it and answers "applied" (it never decides
 whether a transition is allowed: that is SQL's job). The writer is the real
-:class:`StatusWriter`; :class:`SpyWriter` only records what the hooks hand to ``submit()``
-before delegating, so a test can see every transition even when the buffer coalesces them.
+:class:`StatusWriter`; :class:`SpyWriter` only records what the hooks hand to ``submit()`` and
+``started()`` before delegating, so a test can see every transition even when the buffer coalesces them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dramatiq.middleware import (
 from prometheus_client import REGISTRY
 
 from middleware.errors import TransientStoreError
-from middleware.events import Owner, Status, StatusEvent
+from middleware.events import JobStart, Owner, Status, StatusEvent, active_event
 from middleware.metrics import get_metrics
 from middleware.outbox import RedisOutbox
 from middleware.status_sync import JobStatusMiddleware
@@ -168,6 +168,13 @@ class SpyWriter(StatusWriter):
         self.submitted.append(event)
         self.submitting_threads.append(threading.current_thread().name)
         super().submit(event)
+
+    def started(self, start: JobStart) -> None:
+        # recorded as the active event the writer makes of it if the job is still running at
+        # the next flush (for a short job it never is: the final event replaces it)
+        self.submitted.append(active_event(start))
+        self.submitting_threads.append(threading.current_thread().name)
+        super().started(start)
 
     def submitted_for(self, job_id: str) -> list[StatusEvent]:
         return [event for event in self.submitted if event.job_id == job_id]

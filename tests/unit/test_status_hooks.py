@@ -6,6 +6,7 @@ and what the writer handed to the recording store (after coalescing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq.common import current_millis
@@ -67,6 +68,26 @@ def test_active_with_attempt_one_and_started_at_is_written_while_the_job_runs(ha
     assert active.attempt == 1
     assert active.started_at is not None
     assert before <= active.enqueued_at <= active.started_at <= active.event_at
+
+
+def test_a_job_that_ends_within_a_flush_interval_costs_one_row_write(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness(flush_interval=60.0)  # nothing is written until run() flushes
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> None:
+        return None
+
+    message = build_course.send(owner_payload())
+    harness.run()
+
+    # pending, the start and completed all happened before the flush: one event reaches the store
+    [done] = harness.store.for_job(message.message_id)
+    assert done.status is Status.COMPLETED
+    assert done.started_at is not None and done.started_at <= done.event_at
+    assert done.enqueued_at == message.message_timestamp / 1000
+    assert harness.writer.statuses(message.message_id) == [Status.PENDING, Status.ACTIVE, Status.COMPLETED]
 
 
 def test_success_emits_completed_with_the_result(harness: Harness) -> None:

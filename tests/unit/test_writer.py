@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from middleware.events import Status, StatusEvent
+from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.base import Outcome
 from middleware.writer import StatusWriter
 
@@ -51,6 +51,88 @@ def test_active_then_completed_of_one_job_is_one_write(make_writer: WriterFactor
     assert len(store.batches) == 1
     [sent] = store.batches[0]
     assert sent is completed
+
+
+def _start(job_id: str, attempt: int = 1, started_at: float = 100.0) -> tuple[Any, int, float]:
+    return ((job_id, Owner("t", "u"), "an_actor", "default", 90.0), attempt, started_at)
+
+
+def test_a_job_that_ends_before_the_flush_is_written_once_as_its_final_status(
+    make_writer: WriterFactory,
+) -> None:
+    store = RecordingStore()
+    writer = make_writer(store)
+    completed = make_event("job-1", Status.COMPLETED, 1, event_at=101.0, started_at=100.0)
+
+    writer.started(_start("job-1"))
+    writer.submit(completed)
+    assert writer.flush(timeout=5)
+
+    assert store.batches == [[completed]]
+
+
+def test_a_job_still_running_at_the_flush_gets_its_active_event_stamped_at_the_start(
+    make_writer: WriterFactory,
+) -> None:
+    store = RecordingStore()
+    writer = make_writer(store)
+
+    writer.started(_start("job-1", attempt=2, started_at=100.5))
+    assert writer.buffered == 1
+    assert writer.flush(timeout=5)
+
+    [[active]] = store.batches
+    assert (active.job_id, active.status, active.attempt) == ("job-1", Status.ACTIVE, 2)
+    assert active.started_at == active.event_at == 100.5
+    assert active.enqueued_at == 90.0
+    assert (active.tenant_id, active.user_id, active.actor_name, active.queue_name) == (
+        "t",
+        "u",
+        "an_actor",
+        "default",
+    )
+
+    # made once: the next flush has nothing of it, and its end is a second write
+    completed = make_event("job-1", Status.COMPLETED, 2, event_at=101.0, started_at=100.5)
+    writer.submit(completed)
+    assert writer.flush(timeout=5)
+    assert store.batches[1:] == [[completed]]
+
+
+def test_a_start_does_not_replace_newer_news_of_the_job(make_writer: WriterFactory) -> None:
+    store = RecordingStore()
+    writer = make_writer(store)
+    done = make_event("job-1", Status.COMPLETED, 1, event_at=200.0)
+
+    writer.submit(done)
+    writer.started(_start("job-1", attempt=1, started_at=100.0))  # late: a redelivered copy
+    assert writer.flush(timeout=5)
+
+    assert store.batches == [[done]]
+
+
+def test_a_new_attempt_starting_replaces_the_retrying_of_the_previous_one(
+    make_writer: WriterFactory,
+) -> None:
+    store = RecordingStore()
+    writer = make_writer(store)
+
+    writer.submit(make_event("job-1", Status.RETRYING, 1, event_at=100.0))
+    writer.started(_start("job-1", attempt=2, started_at=101.0))
+    assert writer.flush(timeout=5)
+
+    [[event]] = store.batches
+    assert (event.status, event.attempt) == (Status.ACTIVE, 2)
+
+
+def test_close_writes_the_active_event_of_a_running_job(make_writer: WriterFactory) -> None:
+    store = RecordingStore()
+    writer = make_writer(store)
+
+    writer.started(_start("job-1"))
+    assert writer.close(timeout=5)
+
+    assert [(e.job_id, e.status) for e in store.events] == [("job-1", Status.ACTIVE)]
 
 
 def test_events_of_different_jobs_are_not_coalesced(make_writer: WriterFactory) -> None:
