@@ -16,7 +16,11 @@ served over HTTP from this process). One JSON line per run, then a summary:
 * peak RSS (VmHWM) of the worker processes;
 * for the Supabase mode, HTTP requests per job;
 * the CPU time the hypervisor took from this VM during each run (steal), to tell a noisy
-  run from a slow one.
+  run from a slow one;
+* CPU time per job while the clock runs, by process: the workers, PostgreSQL, Redis and this
+  process (which serves the Supabase stand-in), and how busy the machine's CPUs were. The
+  difference between the modes is what status sync costs in CPU, whatever the throughput: on a
+  machine whose cores are all busy the ratio falls towards CPU off / CPU on.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class Run:
     send_seconds: float
     http_requests_per_job: float | None = None
     steal_percent: float | None = None
+    #: CPU microseconds per job while the clock ran, by process group (see _cpu_groups)
+    cpu_us_per_job: dict[str, float] | None = None
+    machine_busy_percent: float | None = None
 
 
 class Bench:
@@ -77,6 +84,7 @@ class Bench:
         self.threads = threads
         self.redis = LocalRedis(workdir / "redis")
         self.postgres = LocalPostgres(workdir / "postgres")
+        self._redis_pid: int | None = None
 
     def __enter__(self) -> Bench:
         # one stack: whatever started is stopped again, also when a later step fails
@@ -93,6 +101,7 @@ class Bench:
                 conn.execute("insert into auth.users (id) values (%s)", (self.user_id,))
                 self.dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
             self.client = redis.Redis.from_url(self.redis.url)
+            self._redis_pid = int(self.client.info("server")["process_id"])
             self.stand_in = PostgrestStandIn(self.url)
             stack.callback(self.stand_in.close)
             self.supabase_url = stack.enter_context(serve(self.stand_in))
@@ -178,8 +187,11 @@ class Bench:
                 now = time.perf_counter()
                 if started is None and left <= n - warmup:
                     started, steal_start = now, _steal_ticks()
+                    groups = self._cpu_groups(worker.pid)  # every process exists by now
+                    cpu_start, machine_start = _cpu_ticks(groups), _machine_ticks()
                 if left == 0:
                     finished, steal_end = now, _steal_ticks()
+                    cpu_end, machine_end = _cpu_ticks(groups), _machine_ticks()
                 if time.monotonic() > deadline:
                     worker.kill()
                     raise RuntimeError(f"worker did not drain {n} jobs in time ({left} left)")
@@ -215,6 +227,9 @@ class Bench:
         seconds = max(finished - started, 1e-6)
         requests = self.stand_in.requests
         steal = (steal_end - steal_start) / _TICKS / seconds / (os.cpu_count() or 1)
+        per_job = 1e6 / _TICKS / (n - warmup)  # ticks -> µs per timed job
+        cpu = {name: round((cpu_end[name] - start) * per_job, 1) for name, start in cpu_start.items()}
+        busy, total = (end - start for start, end in zip(machine_start, machine_end, strict=True))
         return Run(
             mode=mode,
             n=n,
@@ -229,7 +244,23 @@ class Bench:
             send_seconds=round(send_seconds, 2),
             http_requests_per_job=round(requests / n, 4) if mode == "supabase" else None,
             steal_percent=round(100 * steal, 1),
+            cpu_us_per_job=cpu,
+            machine_busy_percent=round(100 * busy / max(total, 1), 1),
         )
+
+    def _cpu_groups(self, worker_pid: int) -> dict[str, list[int]]:
+        """The pids whose CPU time is counted: the worker's processes, the PostgreSQL server
+        (postmaster and backends), the Redis server, and this process."""
+        groups: dict[str, list[int]] = {"workers": [], "postgres": [], "redis": [], "bench": [os.getpid()]}
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(worker_pid).children(recursive=True)
+            groups["workers"] = [worker_pid, *(child.pid for child in children)]
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            postmaster = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            groups["postgres"] = [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
+        if self._redis_pid is not None:
+            groups["redis"] = [self._redis_pid]
+        return groups
 
 
 def _free_port() -> int:
@@ -246,6 +277,32 @@ def _steal_ticks() -> int:
     with open("/proc/stat") as stat:
         fields = stat.readline().split()
     return int(fields[8]) if len(fields) > 8 else 0
+
+
+def _cpu_ticks(groups: dict[str, list[int]]) -> dict[str, int]:
+    """User + system CPU ticks of each group's processes (a process that exited counts 0)."""
+    ticks = {}
+    for name, pids in groups.items():
+        total = 0
+        for pid in pids:
+            try:
+                # the fields after the command name, which may hold spaces: utime, stime are 14, 15
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                continue
+        ticks[name] = total
+    return ticks
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot; idle and iowait are not busy,
+    steal is left out of both."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, _steal = fields
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait
 
 
 def _peak_rss(pid: int) -> int:
@@ -305,12 +362,36 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                     "peak_rss_mb_on": rss_on,
                     "rss_ratio": round(rss_on / rss_off, 3),
                     "steal_percent_max": max(r.steal_percent or 0 for r in [*off.values(), *on.values()]),
+                    **_cpu_summary(list(off.values()), list(on.values())),
                 }
             )
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
         "table": table,
+    }
+
+
+def _cpu_summary(off: list[Run], on: list[Run]) -> dict[str, Any]:
+    """Median CPU per job of each process group in both modes, and what sync adds in total."""
+    if any(r.cpu_us_per_job is None for r in [*off, *on]):
+        return {}
+
+    def medians(runs: list[Run]) -> dict[str, float]:
+        names = runs[0].cpu_us_per_job or {}
+        out = {name: statistics.median((r.cpu_us_per_job or {})[name] for r in runs) for name in names}
+        out["total"] = statistics.median(sum((r.cpu_us_per_job or {}).values()) for r in runs)
+        return {name: round(value, 1) for name, value in out.items()}
+
+    cpu_off, cpu_on = medians(off), medians(on)
+    added = cpu_on["total"] - cpu_off["total"]
+    return {
+        "cpu_us_per_job_off": cpu_off,
+        "cpu_us_per_job_on": cpu_on,
+        "sync_cpu_us_per_job": round(added, 1),
+        "sync_cpu_share": round(added / cpu_off["total"], 3) if cpu_off["total"] else None,
+        "machine_busy_percent_off": statistics.median(r.machine_busy_percent or 0 for r in off),
+        "machine_busy_percent_on": statistics.median(r.machine_busy_percent or 0 for r in on),
     }
 
 
@@ -348,6 +429,19 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"  {'met' if not missed else 'NOT met'}: {name}" + (f" (N = {missed})" if missed else ""))
     ratios = [row["ratio"] for row in postgres]
     print(f"  ratio by N: {', '.join(f'{r:.3f}' for r in ratios)}")
+    rows = [row for row in summary["table"] if "sync_cpu_us_per_job" in row]
+    if rows:
+        print()
+        print("  CPU per job while the clock ran, µs (bench: this process, which serves the stand-in):")
+        for row in rows:
+            off, on = row["cpu_us_per_job_off"], row["cpu_us_per_job_on"]
+            parts = ", ".join(f"{name} {off[name]:.0f} -> {on[name]:.0f}" for name in off if name != "total")
+            print(
+                f"  {row['n']:>7} {row['store']:>8}: off {off['total']:.0f}, on {on['total']:.0f} ({parts}): "
+                f"sync adds {row['sync_cpu_us_per_job']:.0f} µs ({100 * (row['sync_cpu_share'] or 0):.0f}%); "
+                f"CPUs busy {row['machine_busy_percent_off']:.0f}% off, "
+                f"{row['machine_busy_percent_on']:.0f}% on"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
