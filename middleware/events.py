@@ -288,20 +288,20 @@ class StatusEvent:
         )
 
 
+def event_for(
+    identity: Identity, status: Status, attempt: int, event_at: float, **fields: Any
+) -> StatusEvent:
+    """An event of the message ``identity`` names (the hooks' one way to build events)."""
+    job_id, owner, actor_name, queue_name, enqueued_at = identity
+    return StatusEvent(
+        job_id, status, attempt, owner, actor_name, queue_name, event_at, enqueued_at=enqueued_at, **fields
+    )
+
+
 def active_event(start: JobStart) -> StatusEvent:
     """The ``active`` event of a :data:`JobStart`: stamped with the time the job started."""
-    (job_id, owner, actor_name, queue_name, enqueued_at), attempt, started_at = start
-    return StatusEvent(
-        job_id,
-        Status.ACTIVE,
-        attempt,
-        owner,
-        actor_name,
-        queue_name,
-        started_at,
-        enqueued_at=enqueued_at,
-        started_at=started_at,
-    )
+    identity, attempt, started_at = start
+    return event_for(identity, Status.ACTIVE, attempt, started_at, started_at=started_at)
 
 
 class _Unusual(Exception):

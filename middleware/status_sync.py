@@ -28,8 +28,8 @@ from .events import (
     Identity,
     Owner,
     Status,
-    StatusEvent,
     clean_text,
+    event_for,
     event_time,
 )
 from .metrics import get_metrics
@@ -162,20 +162,7 @@ class JobStatusMiddleware(Middleware):
     def _submit(self, identity: Identity | None, status: Status, attempt: int, **fields: Any) -> None:
         if identity is None:
             return
-        job_id, owner, actor_name, queue_name, enqueued_at = identity
-        self.writer.submit(
-            StatusEvent(
-                job_id,
-                status,
-                attempt,
-                owner,
-                actor_name,
-                queue_name,
-                event_time(),
-                enqueued_at=enqueued_at,
-                **fields,
-            )
-        )
+        self.writer.submit(event_for(identity, status, attempt, event_time(), **fields))
 
     def _hook_failed(self, hook: str, message: Message[Any]) -> None:
         logger.exception(
