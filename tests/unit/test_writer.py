@@ -57,15 +57,21 @@ def _start(job_id: str, attempt: int = 1, started_at: float = 100.0) -> tuple[An
     return ((job_id, Owner("t", "u"), "an_actor", "default", 90.0), attempt, started_at)
 
 
-def test_a_job_that_ends_before_the_flush_is_written_once_as_its_final_status(
-    make_writer: WriterFactory,
+@pytest.mark.parametrize("start_first", [True, False], ids=["start-then-end", "late-start-after-end"])
+def test_a_start_never_outlives_the_final_event_of_its_attempt(
+    make_writer: WriterFactory, start_first: bool
 ) -> None:
+    # start-then-end: a job that ends before the flush is written once, as its final status;
+    # late-start-after-end: a redelivered copy's start does not replace the newer news
     store = RecordingStore()
     writer = make_writer(store)
     completed = make_event("job-1", Status.COMPLETED, 1, event_at=101.0, started_at=100.0)
 
-    writer.started(_start("job-1"))
+    if start_first:
+        writer.started(_start("job-1"))
     writer.submit(completed)
+    if not start_first:
+        writer.started(_start("job-1"))
     assert writer.flush(timeout=5)
 
     assert store.batches == [[completed]]
@@ -97,18 +103,6 @@ def test_a_job_still_running_at_the_flush_gets_its_active_event_stamped_at_the_s
     writer.submit(completed)
     assert writer.flush(timeout=5)
     assert store.batches[1:] == [[completed]]
-
-
-def test_a_start_does_not_replace_newer_news_of_the_job(make_writer: WriterFactory) -> None:
-    store = RecordingStore()
-    writer = make_writer(store)
-    done = make_event("job-1", Status.COMPLETED, 1, event_at=200.0)
-
-    writer.submit(done)
-    writer.started(_start("job-1", attempt=1, started_at=100.0))  # late: a redelivered copy
-    assert writer.flush(timeout=5)
-
-    assert store.batches == [[done]]
 
 
 def test_a_new_attempt_starting_replaces_the_retrying_of_the_previous_one(
