@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
@@ -55,6 +56,12 @@ def owner_from_payload(message: Message[Any]) -> Owner | None:
     return Owner(str(tenant_id), str(user_id))
 
 
+def _unwrapped(message: Message[Any]) -> Message[Any]:
+    """The message behind a worker's ``MessageProxy``: every field read through the proxy is a
+    failed attribute lookup and a Python ``__getattr__`` call (~0.5 µs), on the hooks' hot path."""
+    return message._message if isinstance(message, MessageProxy) else message
+
+
 def check_owner(owner: Owner | None) -> str | None:
     """What is wrong with ``owner``, or None."""
     if owner is None:
@@ -78,8 +85,24 @@ def _error_fields(exception: BaseException) -> dict[str, str]:
     }
 
 
-class _AttemptState(threading.local):
-    """What one worker thread knows about the message it is processing."""
+class _AttemptState:
+    """What one worker thread knows about the message it is processing.
+
+    A plain object with slots, one per thread (:class:`_PerThread`): a hook fetches it once and
+    then sets about ten fields, each five times cheaper than on a ``threading.local``."""
+
+    __slots__ = (
+        "attempt",
+        "cancel_checked_at",
+        "cancelled",
+        "fresh",
+        "identity",
+        "job_id",
+        "progress",
+        "progress_at",
+        "retry_at",
+        "started_at",
+    )
 
     def __init__(self) -> None:
         self.job_id: str | None = None
@@ -92,6 +115,11 @@ class _AttemptState(threading.local):
         self.progress_at = 0.0
         self.cancel_checked_at = 0.0
         self.fresh: Identity | None = None  # set by before_enqueue for after_enqueue
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.state = _AttemptState()
 
 
 class JobStatusMiddleware(Middleware):
@@ -125,7 +153,7 @@ class JobStatusMiddleware(Middleware):
         self.is_cancel_requested = is_cancel_requested
         self.progress_interval = progress_interval
         self.cancel_check_interval = cancel_check_interval
-        self._state = _AttemptState()
+        self._local = _PerThread()
         self._tracked: dict[str, bool] = {}
 
     @property
@@ -144,7 +172,7 @@ class JobStatusMiddleware(Middleware):
 
     def _identity(self, message: Message[Any], owner: Owner | None = None) -> Identity | None:
         """What every event of this message repeats: read once per message, not per event."""
-        raw = getattr(message, "_message", message)  # past MessageProxy's __getattr__: hot path
+        raw = _unwrapped(message)
         if owner is None:
             owner = self.owner_of(raw)
         if owner is None:
@@ -175,12 +203,12 @@ class JobStatusMiddleware(Middleware):
         except Exception:  # metrics must never turn a logged failure into a crash
             logger.debug("could not count a hook failure", exc_info=True)
 
-    def _cancel_requested(self, message: Message[Any]) -> bool:
+    def _cancel_requested(self, message: Message[Any], job_id: str) -> bool:
         """The flag, or False when it cannot be read (logged and counted; the job runs)."""
         if self.is_cancel_requested is None:
             return False
         try:
-            return bool(self.is_cancel_requested(message.message_id))
+            return bool(self.is_cancel_requested(job_id))
         except Exception:  # noqa: BLE001 - an unreadable flag never stops the job's status
             self._hook_failed("is_cancel_requested", message)
             return False
@@ -191,14 +219,14 @@ class JobStatusMiddleware(Middleware):
         Throttled: the flag is read at most every ``cancel_check_interval`` seconds per job
         (and was read when the job started). A failure to read it is logged, never raised.
         """
-        state = self._state
+        state = self._local.state
         if self.is_cancel_requested is None or state.job_id != message.message_id:
             return
         now = time.monotonic()
         if now - state.cancel_checked_at < self.cancel_check_interval:
             return
         state.cancel_checked_at = now
-        if self._cancel_requested(message):
+        if self._cancel_requested(message, state.job_id):
             state.cancelled = True
             raise JobCancelled(message.message_id)
 
@@ -208,7 +236,7 @@ class JobStatusMiddleware(Middleware):
         Throttled: nothing unless the percentage changed, and at most one event every
         ``progress_interval`` seconds (100% always goes through). True when an event was made.
         """
-        state = self._state
+        state = self._local.state
         if state.job_id != message.message_id:
             return False
         percent = max(0, min(100, int(percent)))
@@ -234,7 +262,8 @@ class JobStatusMiddleware(Middleware):
             add_throws(actor, JobCancelled)  # a cancelled job is never retried
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        self._state.fresh = None
+        state = self._local.state
+        state.fresh = None
         if not self._is_tracked(broker, message.actor_name):
             return
         if SENT_OPTION in message.options or "retries" in message.options:
@@ -249,11 +278,12 @@ class JobStatusMiddleware(Middleware):
         # Marks the message as announced: Dramatiq strips "eta" from a delayed message when it
         # moves back from the delay queue, so only a mark of our own tells that enqueue apart.
         message.options[SENT_OPTION] = 1
-        self._state.fresh = self._identity(message, owner)  # for after_enqueue: owner read once
+        state.fresh = self._identity(message, owner)  # for after_enqueue: owner read once
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         try:
-            fresh, self._state.fresh = self._state.fresh, None
+            state = self._local.state
+            fresh, state.fresh = state.fresh, None
             if fresh is not None:
                 self._submit(fresh, Status.PENDING, 0)
             elif (
@@ -262,27 +292,28 @@ class JobStatusMiddleware(Middleware):
                 and self._is_tracked(broker, message.actor_name)
             ):
                 # Retries re-enqueued it from this worker thread: remember when it runs again
-                self._state.retry_at = message.options["eta"] / 1000
+                state.retry_at = message.options["eta"] / 1000
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_enqueue", message)
 
     def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
-        state = self._state
+        state = self._local.state
         state.job_id = None
         state.cancelled = False
         state.retry_at = None
         state.progress, state.progress_at = -1, 0.0
         state.cancel_checked_at = time.monotonic()
         try:
-            if not self._is_tracked(broker, message.actor_name):
+            raw = _unwrapped(message)
+            if not self._is_tracked(broker, raw.actor_name):
                 return
-            state.identity = identity = self._identity(message)
+            state.identity = identity = self._identity(raw)
             if identity is None:
                 return
-            state.job_id = identity[0]
-            state.attempt = getattr(message, "_message", message).options.get("retries", 0) + 1
+            state.job_id = job_id = identity[0]
+            state.attempt = raw.options.get("retries", 0) + 1
             state.started_at = event_time()
-            if self._cancel_requested(message):
+            if self._cancel_requested(message, job_id):
                 state.cancelled = True
             else:  # the active event is made only if the job still runs at the writer's next flush
                 self.writer.started((identity, state.attempt, state.started_at))
@@ -300,8 +331,8 @@ class JobStatusMiddleware(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        state = self._state
-        if state.job_id != message.message_id:
+        state = self._local.state
+        if state.job_id != _unwrapped(message).message_id:
             return
         state.job_id = None
         identity = state.identity  # read once when the message started
@@ -336,7 +367,7 @@ class JobStatusMiddleware(Middleware):
             self._hook_failed("after_process_message", message)
 
     def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
-        state = self._state
+        state = self._local.state
         if state.job_id != message.message_id:
             return
         state.job_id = None
