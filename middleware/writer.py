@@ -40,7 +40,7 @@ from .errors import StoreError, TransientStoreError
 from .events import JobStart, Status, StatusEvent, active_event, redact
 from .metrics import SyncMetrics, get_metrics, observe_many
 from .outbox import RedisOutbox
-from .stores.base import Outcome, StatusStore
+from .stores.base import REJECTED, Outcome, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -438,6 +438,10 @@ class StatusWriter:
         self, metrics: SyncMetrics, events: Sequence[StatusEvent], outcomes: Sequence[Outcome]
     ) -> None:
         now = time.time()
+        if not any(outcome.outcome == REJECTED for outcome in outcomes):  # the usual batch
+            lags = [now - event.event_at for event in events]
+            observe_many(metrics.lag_seconds, [lag if lag > 0.0 else 0.0 for lag in lags])
+            return
         lags = []
         for event, outcome in zip(events, outcomes, strict=False):
             if outcome.rejected:

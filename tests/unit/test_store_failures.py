@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,6 +208,29 @@ def test_a_rejected_event_is_logged_and_counted_and_the_rest_are_written(
     assert record.job_id == "job-bad"  # type: ignore[attr-defined]
     assert record.reason == "unknown_tenant"  # type: ignore[attr-defined]
     assert "unknown_tenant" in record.getMessage()
+
+
+def test_the_lag_of_every_written_event_is_observed_and_a_clock_ahead_of_ours_counts_as_zero() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(lambda: store, flush_interval=60.0, sleep=lambda _s: None)
+    delta = MetricDelta().watch(LAG_COUNT).watch("job_status_sync_lag_seconds_sum")
+    now = time.time()
+    events = [
+        make_event("job-late-1", Status.COMPLETED, event_at=now - 2.0),
+        make_event("job-late-2", Status.COMPLETED, event_at=now - 2.0),
+        make_event("job-ahead", Status.COMPLETED, event_at=now + 100.0),  # a producer's fast clock
+    ]
+    try:
+        for event in events:
+            writer.submit(event)
+        assert writer.flush(timeout=5)
+    finally:
+        writer.close(timeout=5)
+
+    assert store.batches == [events]
+    assert delta(LAG_COUNT) == 3
+    # 2 s each for the two late ones; the one from the future adds 0, not -100
+    assert 4.0 <= delta("job_status_sync_lag_seconds_sum") < 4.0 + 5.0
 
 
 def test_a_failing_hook_is_logged_and_counted_and_the_job_completes(
