@@ -438,27 +438,23 @@ class StatusWriter:
         self, metrics: SyncMetrics, events: Sequence[StatusEvent], outcomes: Sequence[Outcome]
     ) -> None:
         now = time.time()
-        if not any(outcome.outcome == REJECTED for outcome in outcomes):  # the usual batch
-            lags = [now - event.event_at for event in events]
-            observe_many(metrics.lag_seconds, [lag if lag > 0.0 else 0.0 for lag in lags])
-            return
-        lags = []
-        for event, outcome in zip(events, outcomes, strict=False):
-            if outcome.rejected:
-                metrics.failures.labels("rejected").inc()
-                logger.error(
-                    "Status event rejected by the store: %s.",
-                    outcome.reason,
-                    extra={
-                        "action": "sync_rejected",
-                        "job_id": event.job_id,
-                        "status": event.status.value,
-                        "reason": outcome.reason,
-                    },
-                )
-            else:
-                lags.append(max(0.0, now - event.event_at))
-        observe_many(metrics.lag_seconds, lags)
+        written_at = [e.event_at for e, o in zip(events, outcomes, strict=False) if o.outcome != REJECTED]
+        if len(written_at) < len(events):  # something was rejected: say which (rare)
+            for event, outcome in zip(events, outcomes, strict=False):
+                if outcome.rejected:
+                    metrics.failures.labels("rejected").inc()
+                    logger.error(
+                        "Status event rejected by the store: %s.",
+                        outcome.reason,
+                        extra={
+                            "action": "sync_rejected",
+                            "job_id": event.job_id,
+                            "status": event.status.value,
+                            "reason": outcome.reason,
+                        },
+                    )
+        # a producer's clock ahead of ours would make a negative lag: counted as zero
+        observe_many(metrics.lag_seconds, [now - at if now > at else 0.0 for at in written_at])
 
     def _spill(self, metrics: SyncMetrics, events: list[StatusEvent]) -> None:
         if self.outbox is not None:
