@@ -337,16 +337,9 @@ class JobStatusMiddleware(Middleware):
         state.job_id = None
         identity = state.identity  # read once when the message started
         try:
-            if exception is None:  # the usual case, built without _submit's indirection
-                self.writer.submit(
-                    event_for(
-                        identity,
-                        Status.COMPLETED,
-                        state.attempt,
-                        event_time(),
-                        started_at=state.started_at,
-                        result=result,
-                    )
+            if exception is None:
+                self._submit(
+                    identity, Status.COMPLETED, state.attempt, started_at=state.started_at, result=result
                 )
                 return
             if isinstance(exception, JobCancelled):
