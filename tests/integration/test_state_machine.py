@@ -262,8 +262,10 @@ def test_no_index_covers_a_column_that_status_writes_change(database_url: str) -
 
 
 def test_a_status_write_is_a_heap_only_update(database_url: str) -> None:
+    # a batch that moves every row of several pages in one transaction: each page must have room
+    # for a new version of all its rows (fillfactor 50); at 70, about a third went to the indexes
     owner = create_owner(database_url)
-    ids = [f"hot-{uuid.uuid4()}" for _ in range(5)]
+    ids = [f"hot-{uuid.uuid4()}" for _ in range(300)]
     with psycopg.connect(database_url) as conn:
         apply_sql = "select count(*) from public.job_status_apply(%s::jsonb)"
         conn.execute(apply_sql, (_batch(ids, Status.PENDING, owner),))
@@ -275,6 +277,25 @@ def test_a_status_write_is_a_heap_only_update(database_url: str) -> None:
         ).fetchone()  # type: ignore[misc]
         conn.commit()
     assert (updated, hot) == (len(ids), len(ids))
+
+
+def test_a_row_keeps_its_id_through_every_write_and_a_new_row_gets_a_fresh_one(
+    database_url: str,
+) -> None:
+    owner = create_owner(database_url)
+    ids = [f"id-{uuid.uuid4()}" for _ in range(3)]
+    select = "select job_id, id, status::text from public.job_status where job_id = any(%s)"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_sql = "select count(*) from public.job_status_apply(%s::jsonb)"
+        conn.execute(apply_sql, (_batch(ids[:2], Status.PENDING, owner),))
+        first = {job_id: row_id for job_id, row_id, _ in conn.execute(select, (ids,))}
+        # the two existing rows move on and the third is new, in one batch
+        conn.execute(apply_sql, (_batch(ids, Status.ACTIVE, owner),))
+        second = {job_id: (row_id, status) for job_id, row_id, status in conn.execute(select, (ids,))}
+    assert [second[job_id][1] for job_id in ids] == ["active"] * 3
+    assert {job_id: second[job_id][0] for job_id in ids[:2]} == first
+    new_id = second[ids[2]][0]
+    assert new_id not in first.values() and isinstance(new_id, uuid.UUID) and new_id.version == 4
 
 
 def _batch(ids: list[str], status: Status, owner: Owner) -> str:
