@@ -19,9 +19,7 @@ logger = logging.getLogger(__name__)
 
 # Only the events that did not apply come back: in the usual batch that is none, and the writer
 # thread does not spend time reading hundreds of "applied" rows.
-APPLY_SQL = (
-    "select idx, outcome, reason from public.job_status_apply(%s::jsonb) where outcome <> 'applied'"
-)
+APPLY_SQL = "select idx, outcome, reason from public.job_status_apply(%s::jsonb) where outcome <> 'applied'"
 
 # SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
 # intervention (shutdown, cancel), and transaction rollbacks (deadlock, serialization).
