@@ -40,7 +40,7 @@ from .errors import StoreError, TransientStoreError
 from .events import JobStart, Status, StatusEvent, active_event, redact
 from .metrics import SyncMetrics, get_metrics, observe_many
 from .outbox import RedisOutbox
-from .stores.base import REJECTED, Outcome, StatusStore
+from .stores.base import Outcome, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ class StatusWriter:
         self, metrics: SyncMetrics, events: Sequence[StatusEvent], outcomes: Sequence[Outcome]
     ) -> None:
         now = time.time()
-        written_at = [e.event_at for e, o in zip(events, outcomes, strict=False) if o.outcome != REJECTED]
+        written_at = [e.event_at for e, o in zip(events, outcomes, strict=False) if not o.rejected]
         if len(written_at) < len(events):  # something was rejected: say which (rare)
             for event, outcome in zip(events, outcomes, strict=False):
                 if outcome.rejected:
