@@ -353,9 +353,9 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             off_rate = statistics.median(r.jobs_per_second for r in off.values())
             on_rate = statistics.median(r.jobs_per_second for r in on.values())
             paired = [on[k].jobs_per_second / off[k].jobs_per_second for k in on.keys() & off.keys()]
-            persisted = [r.jobs_per_second_persisted for r in on.values() if r.jobs_per_second_persisted]
+            persisted = [r.jobs_per_second_persisted or 0.0 for r in on.values()]
             ratio_persisted = None
-            if persisted and len(persisted) == len(on):
+            if all(persisted):  # every sync-on run has one (off has none)
                 ratio_persisted = round(statistics.median(persisted) / off_rate, 3)
             rss_off = max(r.peak_rss_mb for r in off.values())
             rss_on = max(r.peak_rss_mb for r in on.values())
