@@ -46,6 +46,7 @@ bench: $(VENV)
 
 lint: $(VENV)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .coursegen
