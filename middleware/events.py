@@ -2,7 +2,7 @@
 
 Python mirrors the statuses in one ``Enum`` and knows the ordering key only to coalesce
 events of one job in memory; whether a transition is allowed is decided in SQL
-(``public.job_status_upsert``), never here.
+(``public.job_status_upsert`` and ``public.job_status_update``), never here.
 """
 
 from __future__ import annotations
@@ -273,6 +273,46 @@ class StatusEvent:
             return text
         return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
 
+    def update_row(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> UpdateRow | None:
+        """The event as one element of ``public.job_status_update``'s arrays, or None when it
+        goes through ``job_status_apply`` instead: a ``pending`` event (it usually creates its
+        row), or a field whose type or text is not what the hooks give it (that path checks and
+        reports each event on its own). The result is encoded as :meth:`to_json` would."""
+        status = self.status
+        if type(status) is not Status or status is Status.PENDING:
+            return None
+        job_id, attempt, progress = self.job_id, self.attempt, self.progress
+        if type(job_id) is not str or not _storable_text(job_id) or type(attempt) is not int:
+            return None
+        if progress is not None and type(progress) is not int:
+            return None
+        for at in (self.event_at, self.enqueued_at, self.started_at, self.next_retry_at):
+            if at is not None and (type(at) is not float or not math.isfinite(at)):
+                return None
+        texts = (self.progress_message, self.error_type, self.error_message)
+        for text in texts:
+            if text is not None and (type(text) is not str or not _storable_text(text)):
+                return None
+        result = self.result
+        if result is not None:
+            result = _storable_result(result, max_result_bytes)[1]
+            if not _travels(result):
+                return None
+        return (job_id, status.value, attempt, progress, *texts[:1], result, *texts[1:],
+                self.next_retry_at, self.enqueued_at, self.started_at, self.event_at)  # fmt: skip
+
+    def size_bound(self) -> int:
+        """At least ``len(self.to_json())``, without encoding when nothing in the event is
+        longer than its identity: the writer sizes every batch, and most events then go to the
+        store as arrays (:meth:`update_row`), never as JSON."""
+        if self.result is None and self.progress_message is None and self.error_type is None:
+            if self.error_message is None and type(self.status) is Status:
+                texts = (self.job_id, self.tenant_id, self.user_id, self.actor_name, self.queue_name)
+                if all(type(text) is str for text in texts):
+                    # every key, six numbers of at most 24 characters, each text escaped
+                    return _PLAIN_SIZE + 6 * sum(map(len, texts))
+        return len(self.to_json())
+
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> StatusEvent:
         """Rebuild an event from :meth:`as_dict` output (the outbox stores that)."""
@@ -302,6 +342,29 @@ def active_event(start: JobStart) -> StatusEvent:
     """The ``active`` event of a :data:`JobStart`: stamped with the time the job started."""
     identity, attempt, started_at = start
     return event_for(identity, Status.ACTIVE, attempt, started_at, started_at=started_at)
+
+
+#: one element of ``public.job_status_update``'s arrays, in its parameters' order: job_id,
+#: status, attempt, progress, progress_message, result (JSON text), error_type, error_message,
+#: next_retry_at, enqueued_at, started_at, event_at
+UpdateRow = tuple[Any, ...]
+
+#: :meth:`StatusEvent.size_bound` of an event without texts of its own: its keys and
+#: punctuation (~190 characters with every optional number present), and 24 per number
+_PLAIN_SIZE = 512
+
+
+def _storable_text(text: str) -> bool:
+    """Whether PostgreSQL takes the text as it is: no NUL, valid UTF-8 (no lone surrogates)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Unusual(Exception):

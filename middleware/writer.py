@@ -372,7 +372,9 @@ class StatusWriter:
         chunks: list[Sequence[StatusEvent]] = []
         start, size = 0, 0
         for i, event in enumerate(events):
-            weight = len(event.to_json()) + 1  # cached on the event: the store reuses it
+            # an upper bound of the event's JSON (encoded only when it carries texts of its
+            # own; cached then, and the store reuses it)
+            weight = event.size_bound() + 1
             if i > start and size + weight > self.max_batch_bytes:
                 chunks.append(events[start:i])
                 start, size = i, 0

@@ -187,6 +187,7 @@ def test_every_function_we_create_has_a_fixed_search_path(database_url: str) -> 
     assert {name.split("(")[0] for name, _, _ in functions} >= {
         "job_status_apply",
         "job_status_upsert",
+        "job_status_update",
         "job_status_purge",
     }
     assert [(name, config) for name, config, _ in functions if 'search_path=""' not in config] == []

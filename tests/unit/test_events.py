@@ -210,6 +210,57 @@ def test_the_hand_built_encoding_says_what_the_general_one_says(
     general = decode(event._encode_general(limit))
     assert built == general
     assert set(built) >= {"job_id", "status", "attempt", "tenant_id", "user_id", "event_at"}
+    # the writer sizes batches with size_bound, which encodes only events with texts of their own
+    assert event.size_bound() >= len(event.to_json())
+    # the update path's arrays, when it takes the event, say what the JSON says
+    row = event.update_row(limit)
+    if row is not None:
+        assert status is not Status.PENDING
+        fields = dict(zip(UPDATE_ROW_FIELDS, row, strict=True))
+        text = fields.pop("result")
+        assert (json.loads(text) if text is not None else None) == built.get("result")
+        assert fields == {name: built.get(name) for name in UPDATE_ROW_FIELDS if name != "result"}
+        for value in row:
+            if isinstance(value, str):
+                assert "\x00" not in value
+                value.encode("utf-8")  # no lone surrogates: PostgreSQL takes it as it is
+
+
+UPDATE_ROW_FIELDS = (
+    "job_id", "status", "attempt", "progress", "progress_message", "result", "error_type",
+    "error_message", "next_retry_at", "enqueued_at", "started_at", "event_at",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        pytest.param({"status": Status.PENDING}, "a pending event usually creates its row", id="pending"),
+        pytest.param({"event_at": float("nan")}, "not a finite float", id="nan-time"),
+        pytest.param({"started_at": 1_800_000_000}, "an int, not a float", id="int-time"),
+        pytest.param({"progress_message": "a\x00b"}, "NUL", id="nul-text"),
+        pytest.param({"error_message": "\ud800"}, "a lone surrogate", id="surrogate-text"),
+        pytest.param({"error_type": 42}, "not a str", id="int-text"),
+        pytest.param({"result": {"text": "\x00"}}, "jsonb refuses \\u0000", id="nul-in-result"),
+        pytest.param({"attempt": True}, "a bool, not an int", id="bool-attempt"),
+    ],
+)
+def test_the_update_path_leaves_unusual_events_to_job_status_apply(fields: dict[str, Any], why: str) -> None:
+    base: dict[str, Any] = {"status": Status.FAILED, "attempt": 1, "event_at": 1_800_000_000.5}
+    base.update(fields)
+    event = make_event("job-1", base.pop("status"), base.pop("attempt"), **base)
+    assert event.update_row() is None, why
+    decode(event.to_json())  # job_status_apply gets it, cleaned
+
+
+def test_the_update_path_takes_a_final_status_with_its_result() -> None:
+    event = completed_with({"modules": 3})
+    event.started_at = 1_800_000_000.0
+    row = event.update_row()
+    assert row is not None
+    assert row[:4] == ("job-1", "completed", 1, None)
+    assert json.loads(row[5]) == {"modules": 3}
+    assert row[-2:] == (1_800_000_000.0, 1_800_000_000.25)
 
 
 @pytest.mark.parametrize(
