@@ -101,9 +101,11 @@ class PostgresStatusStore:
         rows: list[UpdateRow] = []
         taken = bytearray(len(events))  # 1: the event is one of rows
         if self.update_path:
-            for i, event in enumerate(events):
-                row = event.update_row(self._max_result_bytes)
-                if row is not None:
+            candidates = [event.update_row(self._max_result_bytes) for event in events]
+            # a job goes one way whole: job_status_apply folds its events and reports them together
+            held = {event.job_id for event, row in zip(events, candidates, strict=True) if row is None}
+            for i, row in enumerate(candidates):
+                if row is not None and (not held or events[i].job_id not in held):
                     rows.append(row)
                     taken[i] = 1
         try:
