@@ -11,10 +11,11 @@
 -- Same transition rule as job_status_upsert (the two are tested against each other on random
 -- event histories: tests/integration/test_update_path.py), applied to the rows that exist; the
 -- events of one job fold into the one that wins, as there. It never inserts: it returns the job
--- ids whose rows it wrote, and the caller sends every other event (a job without a row yet, a
--- stale event, an event it wants checked in full) through job_status_apply, which decides and
--- reports on it. The owner, actor and queue of a row never change after its insert, so they are
--- not parameters. Rows are locked in job_id order, the order job_status_upsert takes them in.
+-- ids whose rows it did not write (usually none), and the caller sends their events, with any
+-- event it wants checked in full, through job_status_apply, which decides and reports on each (a
+-- job without a row yet is inserted there, a stale event reported stale). The owner, actor and
+-- queue of a row never change after its insert, so they are not parameters. Rows are locked in
+-- job_id order, the order job_status_upsert takes them in.
 
 create function public.job_status_update(
   job_ids text[], statuses public.job_state[], attempts integer[], progresses smallint[],
