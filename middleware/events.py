@@ -289,8 +289,7 @@ class StatusEvent:
         for at in (self.event_at, self.enqueued_at, self.started_at, self.next_retry_at):
             if at is not None and (type(at) is not float or not math.isfinite(at)):
                 return None
-        texts = (self.progress_message, self.error_type, self.error_message)
-        for text in texts:
+        for text in (self.progress_message, self.error_type, self.error_message):
             if text is not None and (type(text) is not str or not _storable_text(text)):
                 return None
         result = self.result
@@ -298,8 +297,10 @@ class StatusEvent:
             result = _storable_result(result, max_result_bytes)[1]
             if not _travels(result):
                 return None
-        return (job_id, status.value, attempt, progress, *texts[:1], result, *texts[1:],
-                self.next_retry_at, self.enqueued_at, self.started_at, self.event_at)  # fmt: skip
+        return (
+            job_id, status.value, attempt, progress, self.progress_message, result, self.error_type,
+            self.error_message, self.next_retry_at, self.enqueued_at, self.started_at, self.event_at,
+        )  # fmt: skip
 
     def size_bound(self) -> int:
         """At least ``len(self.to_json())``, without encoding when nothing in the event is

@@ -108,7 +108,7 @@ class PostgresStatusStore:
             # a job goes one way whole: job_status_apply folds its events and reports them together
             held = {event.job_id for event, row in zip(events, candidates, strict=True) if row is None}
             for i, row in enumerate(candidates):
-                if row is not None and (not held or events[i].job_id not in held):
+                if row is not None and events[i].job_id not in held:
                     rows.append(row)
                     taken[i] = 1
         try:
@@ -136,13 +136,8 @@ class PostgresStatusStore:
         """The job ids of ``rows`` whose rows ``job_status_update`` wrote. Empty when it refused
         a value (a text too long, a progress out of range, ...): job_status_apply then takes
         every event, and rejects the bad one alone."""
-        # one array per parameter; null for a field no event has (psycopg dumps lists element
-        # by element in Python: most of a final status's twelve fields are empty)
-        columns = [
-            None if column.count(None) == len(column) else list(column) for column in zip(*rows, strict=True)
-        ]
         try:
-            misses = conn.execute(UPDATE_SQL, columns).fetchone()[0]  # type: ignore[index]
+            misses = conn.execute(UPDATE_SQL, update_params(rows)).fetchone()[0]  # type: ignore[index]
         except psycopg.Error as exc:
             if _transient(exc) or isinstance(exc, psycopg.OperationalError):
                 raise
@@ -163,6 +158,13 @@ class PostgresStatusStore:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+
+def update_params(rows: Sequence[UpdateRow]) -> list[list[Any] | None]:
+    """``UPDATE_SQL``'s parameters for these rows: one array per field, None for a field no
+    event has (psycopg dumps a list element by element in Python, and most of a final
+    status's twelve fields are empty)."""
+    return [None if column.count(None) == len(column) else list(column) for column in zip(*rows, strict=True)]
 
 
 def _transient(exc: BaseException) -> bool:

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.base import Outcome
-from middleware.stores.postgres import UPDATE_SQL, PostgresStatusStore
+from middleware.stores.postgres import UPDATE_SQL, PostgresStatusStore, update_params
 from tests.integration.test_state_machine import lifecycle, row_of, scrambled
 from tests.support.db import create_owner, fetch_rows, wait_for
 
@@ -249,12 +249,8 @@ def test_job_status_update_decides_as_job_status_apply_on_any_prior_row(
 
     rows = [from_fields(fast_id, owner, fields).update_row() for fields in batch]
     assert None not in rows
-    # one array per parameter, null for a field no event has, as the store sends them
-    columns = [
-        None if column.count(None) == len(column) else list(column) for column in zip(*rows, strict=True)
-    ]
     with psycopg.connect(database_url, autocommit=True) as conn:
-        answer = conn.execute(UPDATE_SQL, columns).fetchone()
+        answer = conn.execute(UPDATE_SQL, update_params(rows)).fetchone()  # as the store sends them
     assert answer is not None
     misses = answer[0]
 
