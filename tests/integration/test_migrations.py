@@ -90,3 +90,21 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(empty_database_url:
     with psycopg.connect(empty_database_url) as conn:
         assert "20990101000000" not in applied_versions(conn)
         assert conn.execute("select to_regclass('public.half_done')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("contents", [None, [], ["README.md"]], ids=["missing", "empty", "no-sql"])
+def test_no_migrations_is_an_error_not_up_to_date(
+    empty_database_url: str, tmp_path: Path, contents: list[str] | None
+) -> None:
+    directory = tmp_path / "migrations"
+    if contents is not None:
+        directory.mkdir()
+        for name in contents:
+            (directory / name).write_text("not a migration")
+    with pytest.raises(MigrationError, match="no migration"):
+        migrate(empty_database_url, directory=directory)
+    with psycopg.connect(empty_database_url) as conn:
+        touched = conn.execute(
+            "select to_regnamespace('auth'), to_regnamespace('supabase_migrations')"
+        ).fetchone()
+    assert touched == (None, None), "nothing was applied, not even the local base"

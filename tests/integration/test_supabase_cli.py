@@ -19,11 +19,12 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from coursegen.migrate import BOOTSTRAP_FILE, ROOT, applied_versions, list_migrations, migrate
+from coursegen.migrate import applied_versions, bootstrap_file, list_migrations, migrate
 from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
 
+ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "node_modules" / ".bin" / "supabase"
 
 
@@ -83,7 +84,7 @@ def test_the_cli_applies_our_migrations_and_coursegen_migrate_then_has_nothing_t
     cli: SupabaseCli, empty_database_url: str
 ) -> None:
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
-        conn.execute(BOOTSTRAP_FILE.read_text(encoding="utf-8"))
+        conn.execute(bootstrap_file().read_text(encoding="utf-8"))
     versions = [m.version for m in list_migrations()]
 
     done = cli("migration", "up", f"--remote={db_url(empty_database_url)}", "--yes")
