@@ -1,19 +1,21 @@
 """The status vocabulary shared with SQL, and the event a hook hands to the writer.
 
 Python mirrors the statuses in one ``Enum`` and knows the ordering key only to coalesce
-events of one job in memory; whether a transition is allowed is decided in SQL
-(``public.job_status_upsert`` and ``public.job_status_update``), never here.
+events of one job in memory; whether a transition is allowed is decided in SQL, never here.
+An event is safe from the moment it is built: every value it holds is storable
+(:mod:`middleware.storable`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 import time
 from json.encoder import encode_basestring as _json_string  # C; ensure_ascii=False
 from typing import Any, NamedTuple
+
+from .storable import MAX_TIME, MIN_TIME, storable_json, storable_text, storable_time
 
 
 class Status(enum.StrEnum):
@@ -90,12 +92,18 @@ class Owner(NamedTuple):
 
 
 #: (job_id, owner, actor_name, queue_name, enqueued_at): what every event of one message repeats
-Identity = tuple[str, Owner, str, str, float]
+Identity = tuple[str, Owner, str, str, float | None]
 
 #: A job that began running: (identity, attempt, started_at). Its ``active`` event is made only
 #: if the job is still running when the writer next flushes (:meth:`StatusWriter.started`): a
 #: short job's one row write is its final status, and its worker thread builds one event, not two.
 JobStart = tuple[Identity, int, float]
+
+#: the longest identity text (job id, tenant, user, actor, queue) a row takes
+MAX_NAME_CHARS = 255
+MAX_ERROR_TYPE_CHARS = 255
+#: attempts beyond this are stored as this (the column is an int4)
+MAX_ATTEMPT = 1_000_000
 
 
 def event_time() -> float:
@@ -104,11 +112,30 @@ def event_time() -> float:
     return int(time.time() * 1_000_000) / 1_000_000
 
 
+def make_identity(
+    job_id: Any, owner: tuple[Any, Any], actor_name: Any, queue_name: Any, enqueued_at: Any
+) -> Identity:
+    """An :data:`Identity` whose every field a row takes (see :func:`_name`)."""
+    return (
+        _name(job_id),
+        Owner(_name(owner[0]), _name(owner[1])),
+        _name(actor_name),
+        _name(queue_name),
+        storable_time(enqueued_at),
+    )
+
+
 class StatusEvent:
-    """One thing that happened to one job. Cheap to build: no validation, no I/O."""
+    """One thing that happened to one job. Cheap to build: no I/O.
+
+    Whatever it is given, an event holds only what the store and the outbox take (see
+    :mod:`middleware.storable`): texts without NUL or lone surrogates, within their columns'
+    lengths; times finite and sane (or absent); the result as JSON text of at most
+    ``max_result_bytes`` bytes (else a summary). It can always be encoded, written and spilled.
+    Whether its transition is allowed is decided in SQL.
+    """
 
     __slots__ = (
-        "_json",
         "actor_name",
         "attempt",
         "enqueued_at",
@@ -120,7 +147,7 @@ class StatusEvent:
         "progress",
         "progress_message",
         "queue_name",
-        "result",
+        "result_json",
         "started_at",
         "status",
         "tenant_id",
@@ -132,7 +159,7 @@ class StatusEvent:
         job_id: str,
         status: Status,
         attempt: int,
-        owner: Owner,
+        owner: tuple[str, str],
         actor_name: str,
         queue_name: str,
         event_at: float,
@@ -145,23 +172,77 @@ class StatusEvent:
         error_type: str | None = None,
         error_message: str | None = None,
         next_retry_at: float | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
-        self.job_id = job_id
+        self.job_id = _name(job_id)
+        self.tenant_id = _name(owner[0])
+        self.user_id = _name(owner[1])
+        self.actor_name = _name(actor_name)
+        self.queue_name = _name(queue_name)
+        self.enqueued_at = storable_time(enqueued_at)
+        self._fill(status, attempt, event_at, started_at, progress, progress_message, result,
+                   error_type, error_message, next_retry_at, max_result_bytes)  # fmt: skip
+
+    @classmethod
+    def of(
+        cls, identity: Identity, status: Status, attempt: int, event_at: float, **fields: Any
+    ) -> StatusEvent:
+        """An event of the message ``identity`` names (made by :func:`make_identity`, so its
+        texts are not checked again: the hooks' one way to build events)."""
+        event = cls.__new__(cls)
+        event.job_id, owner, event.actor_name, event.queue_name, event.enqueued_at = identity
+        event.tenant_id, event.user_id = owner
+        event._fill(
+            status,
+            attempt,
+            event_at,
+            fields.get("started_at"),
+            fields.get("progress"),
+            fields.get("progress_message"),
+            fields.get("result"),
+            fields.get("error_type"),
+            fields.get("error_message"),
+            fields.get("next_retry_at"),
+            fields.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES),
+        )
+        return event
+
+    def _fill(
+        self,
+        status: Status,
+        attempt: Any,
+        event_at: Any,
+        started_at: Any,
+        progress: Any,
+        progress_message: Any,
+        result: Any,
+        error_type: Any,
+        error_message: Any,
+        next_retry_at: Any,
+        max_result_bytes: int,
+    ) -> None:
+        if type(status) is not Status:
+            status = Status(status)  # a str of a known status, or ValueError: a caller's bug
         self.status = status
+        if type(attempt) is not int or not 0 <= attempt <= MAX_ATTEMPT:
+            attempt = _bounded_int(attempt, 0, MAX_ATTEMPT, 0)
         self.attempt = attempt
-        self.tenant_id, self.user_id = owner
-        self.actor_name = actor_name
-        self.queue_name = queue_name
+        if type(event_at) is not float or not MIN_TIME <= event_at <= MAX_TIME:
+            event_at = storable_time(event_at)
+            if event_at is None:  # an event always has a time: now, if it came with none sane
+                event_at = event_time()
         self.event_at = event_at
-        self.enqueued_at = enqueued_at
-        self.started_at = started_at
+        self.started_at = None if started_at is None else storable_time(started_at)
+        self.next_retry_at = None if next_retry_at is None else storable_time(next_retry_at)
+        if progress is not None and (type(progress) is not int or not 0 <= progress <= 100):
+            progress = _bounded_int(progress, 0, 100, None)
         self.progress = progress
-        self.progress_message = progress_message
-        self.result = result
-        self.error_type = error_type
-        self.error_message = error_message
-        self.next_retry_at = next_retry_at
-        self._json: tuple[int, str] | None = None  # (max_result_bytes, encoding) of to_json
+        self.progress_message = (
+            None if progress_message is None else _text(progress_message, MAX_PROGRESS_MESSAGE_CHARS)
+        )
+        self.error_type = None if error_type is None else _text(error_type, MAX_ERROR_TYPE_CHARS)
+        self.error_message = None if error_message is None else _text(error_message, MAX_ERROR_CHARS)
+        self.result_json = None if result is None else storable_json(result, max_result_bytes)
 
     def __repr__(self) -> str:
         return (
@@ -169,8 +250,18 @@ class StatusEvent:
             f"attempt={self.attempt}, progress={self.progress})"
         )
 
+    @property
+    def result(self) -> Any:
+        """The result as stored (decoded from :attr:`result_json`), or None."""
+        return None if self.result_json is None else json.loads(self.result_json)
+
+    @property
+    def identity(self) -> Identity:
+        return (self.job_id, Owner(self.tenant_id, self.user_id), self.actor_name, self.queue_name,
+                self.enqueued_at)  # fmt: skip
+
     def sort_key(self) -> tuple[Any, ...]:
-        """The ordering of ``public.job_status_upsert``, for coalescing in memory only.
+        """The ordering of the SQL state machine, for coalescing in memory only.
 
         Any terminal event beats any live one; between terminal events the earlier wins;
         between live ones the greater (attempt, status, progress, event_at).
@@ -195,154 +286,76 @@ class StatusEvent:
             "event_at": self.event_at,
         }
         for name in _OPTIONAL:
-            value = getattr(self, name)
+            value = self.result if name == "result" else getattr(self, name)
             if value is not None:
                 out[name] = value
         return out
 
-    def to_json(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> str:
-        """Encode for the store or the outbox (cached: events are not changed once handed over).
-
-        Never raises on a bad result or text: a result that is not JSON (NaN, infinity, an
-        object) or larger than ``max_result_bytes`` is replaced by a summary that says so;
-        the status still lands.
-        """
-        cached = self._json
-        if cached is not None and cached[0] == max_result_bytes:
-            return cached[1]
-        text = self._encode(max_result_bytes)
-        self._json = (max_result_bytes, text)
-        return text
-
-    def _encode(self, max_result_bytes: int) -> str:
-        try:
-            text = self._encode_plain(max_result_bytes)
-        except _Unusual:
-            return self._encode_general(max_result_bytes)
-        return text if _travels(text) else self._encode_general(max_result_bytes)
-
-    def _encode_plain(self, max_result_bytes: int) -> str:
-        """The JSON of an event whose fields have the types the hooks give them, built by hand.
-
-        The status of every job goes through here, on the writer thread of a busy worker: this
-        costs about half of ``json.dumps(self.as_dict())`` (measured). Raises :class:`_Unusual`
-        for anything else (a text that is not a ``str``, a float that is not finite), which
-        :meth:`_encode_general` handles. Same keys and values as :meth:`as_dict`.
-        """
-        status = self.status
-        if type(status) is not Status:
-            raise _Unusual
+    def to_json(self) -> str:
+        """The event as JSON for the store or the outbox: the keys and values of
+        :meth:`as_dict`, built by hand (every field is already storable: this is a join)."""
         parts = [
             '{"job_id":',
-            _text(self.job_id),
+            _json_string(self.job_id),
             ',"status":"',
-            status,  # a StrEnum member: its text is its value
+            self.status,  # a StrEnum member: its text is its value
             '","attempt":',
-            _number(self.attempt),
+            int.__repr__(self.attempt),
             ',"tenant_id":',
-            _text(self.tenant_id),
+            _json_string(self.tenant_id),
             ',"user_id":',
-            _text(self.user_id),
+            _json_string(self.user_id),
             ',"actor_name":',
-            _text(self.actor_name),
+            _json_string(self.actor_name),
             ',"queue_name":',
-            _text(self.queue_name),
+            _json_string(self.queue_name),
             ',"event_at":',
-            _number(self.event_at),
+            float.__repr__(self.event_at),
         ]
-        for name, key, encode in _PLAIN_OPTIONAL:
+        for name, key, encode in _JSON_OPTIONAL:
             value = getattr(self, name)
             if value is not None:
-                parts += (key, encode(value) if encode else _storable_result(value, max_result_bytes)[1])
+                parts += (key, encode(value))
         parts.append("}")
         return "".join(parts)
 
-    def _encode_general(self, max_result_bytes: int) -> str:
-        """Any event, whatever its fields hold: texts made ``str``, bad values made null."""
-        doc = self.as_dict()
-        for key in ("error_message", "progress_message", "error_type"):
-            if key in doc and not isinstance(doc[key], str):
-                doc[key] = str(doc[key])
-        if "result" in doc:
-            doc["result"] = _storable_result(doc["result"], max_result_bytes)[0]
-        try:
-            text = json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError):  # NaN in a float field
-            text = ""
-        if text and _travels(text):
-            return text
-        return json.dumps(_sanitized(doc), ensure_ascii=False, separators=(",", ":"))
-
-    def update_row(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> UpdateRow | None:
-        """The event as one element of ``public.job_status_update``'s arrays, or None when it
-        goes through ``job_status_apply`` instead: a ``pending`` event (it usually creates its
-        row), or a field whose type or text is not what the hooks give it (that path checks and
-        reports each event on its own). The result is encoded as :meth:`to_json` would."""
-        status = self.status
-        if type(status) is not Status or status is Status.PENDING:
-            return None
-        job_id, attempt, progress = self.job_id, self.attempt, self.progress
-        if type(job_id) is not str or not _storable_text(job_id) or type(attempt) is not int:
-            return None
-        if progress is not None and type(progress) is not int:
-            return None
-        for at in (self.event_at, self.enqueued_at, self.started_at, self.next_retry_at):
-            if at is not None and (type(at) is not float or not math.isfinite(at)):
-                return None
-        for text in (self.progress_message, self.error_type, self.error_message):
-            if text is not None and (type(text) is not str or not _storable_text(text)):
-                return None
-        result = self.result
-        if result is not None:
-            result = _storable_result(result, max_result_bytes)[1]
-            if not _travels(result):
-                return None
-        return (
-            job_id, status.value, attempt, progress, self.progress_message, result, self.error_type,
-            self.error_message, self.next_retry_at, self.enqueued_at, self.started_at, self.event_at,
-        )  # fmt: skip
-
     def size_bound(self) -> int:
-        """At least ``len(self.to_json())``, without encoding when nothing in the event is
-        longer than its identity: the writer sizes every batch, and most events then go to the
-        store as arrays (:meth:`update_row`), never as JSON."""
-        if self.result is None and self.progress_message is None and self.error_type is None:
-            if self.error_message is None and type(self.status) is Status:
-                texts = (self.job_id, self.tenant_id, self.user_id, self.actor_name, self.queue_name)
-                if all(type(text) is str for text in texts):
-                    # every key, six numbers of at most 24 characters, each text escaped
-                    return _PLAIN_SIZE + 6 * sum(map(len, texts))
-        return len(self.to_json())
+        """At least ``len(self.to_json())``, without encoding: every key, numbers of at most 24
+        characters, each text escaped (at most 6 characters per character)."""
+        size = _PLAIN_SIZE + 6 * (
+            len(self.job_id) + len(self.tenant_id) + len(self.user_id) + len(self.actor_name)
+            + len(self.queue_name)
+        )  # fmt: skip
+        for text in (self.progress_message, self.error_type, self.error_message):
+            if text is not None:
+                size += 6 * len(text)
+        if self.result_json is not None:
+            size += len(self.result_json)
+        return size
 
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> StatusEvent:
-        """Rebuild an event from :meth:`as_dict` output (the outbox stores that)."""
-        return cls(
-            doc["job_id"],
-            Status(doc["status"]),
-            doc["attempt"],
-            Owner(doc["tenant_id"], doc["user_id"]),
-            doc["actor_name"],
-            doc["queue_name"],
-            doc["event_at"],
-            **{name: doc.get(name) for name in _OPTIONAL},
-        )
+    def update_row(self) -> UpdateRow | None:
+        """The event as one element of ``public.job_status_update``'s arrays, or None when it
+        goes through ``job_status_apply`` instead (a ``pending`` event usually creates its row)."""
+        if self.status is Status.PENDING:
+            return None
+        return (
+            self.job_id, self.status.value, self.attempt, self.progress, self.progress_message,
+            self.result_json, self.error_type, self.error_message, self.next_retry_at,
+            self.enqueued_at, self.started_at, self.event_at,
+        )  # fmt: skip
 
 
 def event_for(
     identity: Identity, status: Status, attempt: int, event_at: float, **fields: Any
 ) -> StatusEvent:
-    """An event of the message ``identity`` names (the hooks' one way to build events)."""
-    job_id, owner, actor_name, queue_name, enqueued_at = identity
-    return StatusEvent(
-        job_id, status, attempt, owner, actor_name, queue_name, event_at, enqueued_at=enqueued_at, **fields
-    )
+    """An event of the message ``identity`` names (see :meth:`StatusEvent.of`)."""
+    return StatusEvent.of(identity, status, attempt, event_at, **fields)
 
 
 def active_event(start: JobStart) -> StatusEvent:
     """The ``active`` event of a :data:`JobStart`: stamped with the time the job started."""
     identity, attempt, started_at = start
-    return event_for(identity, Status.ACTIVE, attempt, started_at, started_at=started_at)
+    return StatusEvent.of(identity, Status.ACTIVE, attempt, started_at, started_at=started_at)
 
 
 #: one element of ``public.job_status_update``'s arrays, in its parameters' order: job_id,
@@ -355,95 +368,40 @@ UpdateRow = tuple[Any, ...]
 _PLAIN_SIZE = 512
 
 
-def _storable_text(text: str) -> bool:
-    """Whether PostgreSQL takes the text as it is: no NUL, valid UTF-8 (no lone surrogates)."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
+def _name(value: Any) -> str:
+    """An identity text: storable, 1 to 255 characters (an empty one becomes ``?``)."""
+    if type(value) is str and 0 < len(value) <= MAX_NAME_CHARS and value.isascii() and "\x00" not in value:
+        return value
+    return storable_text(value, MAX_NAME_CHARS) or "?"
+
+
+def _text(value: Any, limit: int) -> str:
+    if type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value
+    return storable_text(value, limit)
+
+
+def _bounded_int(value: Any, low: int, high: int, default: int | None) -> int | None:
+    """``value`` as an int clamped to ``low .. high``; ``default`` when it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        number = int(value)
+    except (OverflowError, ValueError):  # infinity, NaN
+        return default
+    return max(low, min(high, number))
 
 
-class _Unusual(Exception):
-    """A field the hand-built encoding does not take: use the general one."""
-
-
-_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-
-
-def _text(value: Any) -> str:
-    if type(value) is not str:
-        raise _Unusual
-    return _json_string(value)
-
-
-def _number(value: Any) -> str:
-    kind = type(value)
-    if kind is float:
-        if not math.isfinite(value):
-            raise _Unusual
-        return float.__repr__(value)  # what json.dumps writes
-    if kind is int:
-        return int.__repr__(value)
-    raise _Unusual  # bool, Decimal, None in a required field, ...
-
-
-def _travels(text: str) -> bool:
-    """Whether encoded JSON can go to the store: UTF-8 (no lone surrogates) and no NUL, which
-    PostgreSQL's jsonb refuses."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\\u0000" not in text
-
-
-def _storable_result(result: Any, max_result_bytes: int) -> tuple[Any, str]:
-    """(value, its JSON): the result, or a summary when it is not JSON (NaN, infinity, an
-    object, too deep) or its encoding is larger than ``max_result_bytes``."""
-    try:
-        encoded = _JSON.encode(result)
-    except (TypeError, ValueError, RecursionError, OverflowError) as exc:
-        summary: dict[str, Any] = {"_unstorable": True, "reason": clean_text(str(exc), 300)}
-        return summary, _JSON.encode(summary)
-    size = len(encoded.encode("utf-8", "surrogatepass"))
-    if size > max_result_bytes:
-        summary = {
-            "_truncated": True,
-            "size_bytes": size,
-            "limit_bytes": max_result_bytes,
-            "preview": clean_text(encoded[:500], 500),
-        }
-        return summary, _JSON.encode(summary)
-    return result, encoded
-
-
-#: the optional fields, in as_dict order: (attribute, its JSON key, its encoder; None: the result)
-_PLAIN_OPTIONAL = (
-    ("enqueued_at", ',"enqueued_at":', _number),
-    ("started_at", ',"started_at":', _number),
-    ("progress", ',"progress":', _number),
-    ("progress_message", ',"progress_message":', _text),
-    ("result", ',"result":', None),
-    ("error_type", ',"error_type":', _text),
-    ("error_message", ',"error_message":', _text),
-    ("next_retry_at", ',"next_retry_at":', _number),
+#: the optional fields, in as_dict order: (attribute, its JSON key, its encoder)
+_JSON_OPTIONAL = (
+    ("enqueued_at", ',"enqueued_at":', float.__repr__),
+    ("started_at", ',"started_at":', float.__repr__),
+    ("progress", ',"progress":', int.__repr__),
+    ("progress_message", ',"progress_message":', _json_string),
+    ("result_json", ',"result":', str),
+    ("error_type", ',"error_type":', _json_string),
+    ("error_message", ',"error_message":', _json_string),
+    ("next_retry_at", ',"next_retry_at":', float.__repr__),
 )
 
-_OPTIONAL = tuple(name for name, _key, _encode in _PLAIN_OPTIONAL)
-
-
-def _sanitized(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {str(k): _sanitized(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_sanitized(v) for v in value]
-    return value
+_OPTIONAL = tuple("result" if name == "result_json" else name for name, _key, _encode in _JSON_OPTIONAL)

@@ -24,16 +24,20 @@ from dramatiq.middleware import SkipMessage
 
 from .errors import InvalidOwnerError, JobCancelled
 from .events import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_ATTEMPT,
     MAX_ERROR_CHARS,
     MAX_PROGRESS_MESSAGE_CHARS,
     Identity,
     Owner,
     Status,
+    StatusEvent,
     clean_text,
-    event_for,
     event_time,
+    make_identity,
 )
 from .metrics import get_metrics
+from .storable import storable_text
 from .validation import add_throws
 from .writer import StatusWriter
 
@@ -72,6 +76,21 @@ def check_owner(owner: Owner | None) -> str | None:
         except (ValueError, AttributeError, TypeError):
             return f"{name} must be a UUID, got {str(value)[:60]!r}"
     return None
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """Epoch milliseconds from a message (its timestamp, a retry's eta) as seconds, or None
+    when a hand-made message carries something else."""
+    if type(milliseconds) is int or type(milliseconds) is float:
+        return milliseconds / 1000
+    return None
+
+
+def _attempt(retries: Any) -> int:
+    """The attempt a message's ``retries`` option makes (1 for the first run)."""
+    if type(retries) is int and retries >= 0:
+        return min(retries + 1, MAX_ATTEMPT)
+    return 1
 
 
 def _error_fields(exception: BaseException) -> dict[str, str]:
@@ -130,6 +149,7 @@ class JobStatusMiddleware(Middleware):
       owner_of: extracts the job's owner from a message (default: the payload's
         ``tenant_id`` and ``user_id``).
       track_all: track every actor; otherwise only actors declared with ``track_status=True``.
+      max_result_bytes: a result whose JSON is larger is stored as a summary (``_truncated``).
       is_cancel_requested: ``job_id -> bool``, consulted before a message runs (a job whose
         cancellation was requested is skipped and ends ``cancelled``) and, at most every
         ``cancel_check_interval`` seconds, at the running job's progress checkpoints
@@ -146,6 +166,7 @@ class JobStatusMiddleware(Middleware):
         is_cancel_requested: Callable[[str], bool] | None = None,
         progress_interval: float = 0.25,
         cancel_check_interval: float = 0.5,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self.writer = writer
         self.owner_of = owner_of
@@ -153,6 +174,7 @@ class JobStatusMiddleware(Middleware):
         self.is_cancel_requested = is_cancel_requested
         self.progress_interval = progress_interval
         self.cancel_check_interval = cancel_check_interval
+        self.max_result_bytes = max_result_bytes
         self._local = _PerThread()
         self._tracked: dict[str, bool] = {}
 
@@ -182,15 +204,19 @@ class JobStatusMiddleware(Middleware):
                 extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": raw.message_id},
             )
             return None
-        if type(owner[0]) is not str or type(owner[1]) is not str:
-            owner = Owner(str(owner[0]), str(owner[1]))
         # a delayed message sits on "<queue>.DQ": the row names the actor's queue
-        return (raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), raw.message_timestamp / 1000)
+        return make_identity(
+            raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), _seconds(raw.message_timestamp)
+        )
 
     def _submit(self, identity: Identity | None, status: Status, attempt: int, **fields: Any) -> None:
         if identity is None:
             return
-        self.writer.submit(event_for(identity, status, attempt, event_time(), **fields))
+        self.writer.submit(
+            StatusEvent.of(
+                identity, status, attempt, event_time(), max_result_bytes=self.max_result_bytes, **fields
+            )
+        )
 
     def _hook_failed(self, hook: str, message: Message[Any]) -> None:
         logger.exception(
@@ -250,7 +276,9 @@ class JobStatusMiddleware(Middleware):
             state.attempt,
             started_at=state.started_at,
             progress=percent,
-            progress_message=None if text is None else clean_text(str(text), MAX_PROGRESS_MESSAGE_CHARS),
+            progress_message=None
+            if text is None
+            else clean_text(storable_text(text), MAX_PROGRESS_MESSAGE_CHARS),
         )
         return True
 
@@ -292,7 +320,7 @@ class JobStatusMiddleware(Middleware):
                 and self._is_tracked(broker, message.actor_name)
             ):
                 # Retries re-enqueued it from this worker thread: remember when it runs again
-                state.retry_at = message.options["eta"] / 1000
+                state.retry_at = _seconds(message.options["eta"])
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_enqueue", message)
 
@@ -311,7 +339,7 @@ class JobStatusMiddleware(Middleware):
             if identity is None:
                 return
             state.job_id = job_id = identity[0]
-            state.attempt = raw.options.get("retries", 0) + 1
+            state.attempt = _attempt(raw.options.get("retries"))
             state.started_at = event_time()
             if self._cancel_requested(message, job_id):
                 state.cancelled = True

@@ -1,8 +1,9 @@
-"""StatusEvent encoding (never raises, always valid JSON) and secret redaction."""
+"""StatusEvent: whatever it is given, it holds storable values and encodes; secret redaction."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from middleware.events import (
     DEFAULT_MAX_RESULT_BYTES,
+    MAX_ATTEMPT,
     MAX_ERROR_CHARS,
     Owner,
     Status,
@@ -19,6 +21,8 @@ from middleware.events import (
     clean_text,
     redact,
 )
+from middleware.outbox import parse_entry
+from middleware.storable import MAX_DEPTH, MAX_TIME, MIN_TIME
 
 from .conftest import make_event
 
@@ -49,40 +53,58 @@ class Opaque:
     def __repr__(self) -> str:
         raise RuntimeError("even repr fails")
 
+    def __str__(self) -> str:
+        raise RuntimeError("even str fails")
+
 
 @pytest.mark.parametrize(
-    "result",
+    ("result", "stored"),
     [
-        pytest.param(float("nan"), id="nan"),
-        pytest.param({"score": float("inf")}, id="nested-infinity"),
-        pytest.param({"when": object()}, id="object"),
-        pytest.param([Opaque()], id="object-whose-repr-raises"),
-        pytest.param({(1, 2): "tuple key"}, id="tuple-key"),
-        pytest.param({1, 2, 3}, id="set"),
-        pytest.param(10**5000, id="int-beyond-str-limit"),
+        pytest.param(float("nan"), None, id="nan"),
+        pytest.param({"score": float("inf"), "n": 1}, {"score": None, "n": 1}, id="nested-infinity"),
+        pytest.param({"when": object()}, {"when": "<unstorable object>"}, id="object"),
+        pytest.param([Opaque()], ["<unstorable Opaque>"], id="object-whose-repr-raises"),
+        pytest.param({(1, 2): "tuple key"}, {"<unstorable tuple>": "tuple key"}, id="tuple-key"),
+        pytest.param({1: "a", None: "b", 2.5: "c"}, {"1": "a", "null": "b", "2.5": "c"}, id="json-keys"),
+        pytest.param({3, 4}, [3, 4], id="set"),
+        pytest.param((1, "x"), [1, "x"], id="tuple"),
+        pytest.param(10**5000, "<int of 16610 bits>", id="int-beyond-str-limit"),
+        pytest.param({"a\x00b": 1, "\ud800": 2}, {"a\ufffdb": 1, "\ufffd": 2}, id="bad-keys"),
+        pytest.param(["a\x00b", {"k": "\udfff!"}], ["a\ufffdb", {"k": "\ufffd!"}], id="bad-values"),
+        pytest.param((x for x in "ab"), "<unstorable generator>", id="generator"),
     ],
 )
-def test_to_json_summarizes_a_result_that_is_not_json(result: Any) -> None:
+def test_a_result_is_stored_with_what_json_cannot_carry_replaced(result: Any, stored: Any) -> None:
     event = completed_with(result)
 
     doc = decode(event.to_json())
 
-    assert doc["result"]["_unstorable"] is True
-    assert isinstance(doc["result"]["reason"], str) and doc["result"]["reason"]
+    assert doc["result"] == stored == event.result
     assert (doc["job_id"], doc["status"], doc["attempt"]) == ("job-1", "completed", 1)
-    assert event.result is result  # the event itself is untouched
 
 
-def test_to_json_summarizes_a_circular_result() -> None:
+def test_a_circular_result_is_cut_at_the_depth_bound() -> None:
     loop: list[Any] = []
     loop.append(loop)
 
-    doc = decode(completed_with(loop).to_json())
+    stored = decode(completed_with(loop).to_json())["result"]
 
-    assert doc["result"]["_unstorable"] is True
+    for _ in range(MAX_DEPTH):
+        assert isinstance(stored, list) and len(stored) == 1
+        stored = stored[0]
+    assert stored == f"<cut: nested deeper than {MAX_DEPTH}>"
 
 
-def test_to_json_truncates_an_oversized_result() -> None:
+def test_a_wide_circular_result_is_summarized() -> None:
+    wide: list[Any] = []
+    wide.extend([wide, wide])  # 2**64 paths to the depth bound
+
+    stored = decode(completed_with(wide).to_json())["result"]
+
+    assert stored["_truncated"] is True
+
+
+def test_an_oversized_result_becomes_a_summary() -> None:
     result = {"lessons": ["x" * 1000] * 400}  # ~400 kB encoded
     encoded_size = len(json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode())
 
@@ -97,30 +119,63 @@ def test_to_json_truncates_an_oversized_result() -> None:
     assert doc["status"] == "completed"
 
 
-def test_to_json_honours_a_smaller_result_limit() -> None:
-    doc = decode(completed_with("y" * 200).to_json(max_result_bytes=100))
-    assert doc["result"]["_truncated"] is True
-    assert doc["result"]["limit_bytes"] == 100
-
-
-def test_to_json_keeps_a_result_just_under_the_limit() -> None:
+def test_the_result_limit_is_the_events_own() -> None:
+    small = make_event("job-1", Status.COMPLETED, result="y" * 200, max_result_bytes=100)
+    assert small.result["_truncated"] is True and small.result["limit_bytes"] == 100
     result = "z" * 98  # 100 bytes once quoted
-    doc = decode(completed_with(result).to_json(max_result_bytes=100))
-    assert doc["result"] == result
+    assert make_event("job-1", Status.COMPLETED, result=result, max_result_bytes=100).result == result
 
 
-def test_to_json_cleans_nul_and_lone_surrogates() -> None:
-    event = completed_with({"text": "a\x00b", "bad": "\ud800x"})
-    event.error_message = "boom\x00"
+def test_texts_and_names_are_made_storable_when_the_event_is_built() -> None:
+    event = make_event(
+        "job\x00\ud800",
+        Status.FAILED,
+        error_type="Bad\x00Type",
+        error_message="boom\x00" + "e" * 10_000,
+        progress_message="\udc00half",
+    )
 
     doc = decode(event.to_json())
 
-    assert "\x00" not in json.dumps(doc)
-    assert doc["result"]["text"] == "ab"
-    assert doc["result"]["bad"].endswith("x") and "\ud800" not in doc["result"]["bad"]
+    assert doc["job_id"] == "job\ufffd\ufffd"
+    assert doc["error_type"] == "Bad\ufffdType"
+    assert doc["error_message"].startswith("boom\ufffd") and len(doc["error_message"]) == MAX_ERROR_CHARS
+    assert doc["progress_message"] == "\ufffdhalf"
 
 
-def test_to_json_drops_absent_fields_and_round_trips() -> None:
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({"started_at": float("nan")}, {"started_at": None}, id="nan-time"),
+        pytest.param({"started_at": float("-inf")}, {"started_at": None}, id="infinite-time"),
+        pytest.param({"next_retry_at": 1.0}, {"next_retry_at": None}, id="time-before-2000"),
+        pytest.param({"enqueued_at": 10**12}, {"enqueued_at": None}, id="milliseconds-not-seconds"),
+        pytest.param({"started_at": 1_800_000_000}, {"started_at": 1_800_000_000.0}, id="int-time"),
+        pytest.param({"started_at": True}, {"started_at": None}, id="bool-time"),
+        pytest.param({"progress": 250}, {"progress": 100}, id="progress-over-100"),
+        pytest.param({"progress": -3}, {"progress": 0}, id="negative-progress"),
+        pytest.param({"progress": float("nan")}, {"progress": None}, id="nan-progress"),
+        pytest.param({"attempt": True}, {"attempt": 0}, id="bool-attempt"),
+        pytest.param({"attempt": 2**40}, {"attempt": MAX_ATTEMPT}, id="huge-attempt"),
+    ],
+)
+def test_numbers_are_bounded_when_the_event_is_built(
+    fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    base: dict[str, Any] = {"attempt": 1, "event_at": 1_800_000_000.5}
+    base.update(fields)
+    event = make_event("job-1", Status.ACTIVE, base.pop("attempt"), **base)
+    for name, value in expected.items():
+        assert getattr(event, name) == value
+
+
+def test_an_event_time_that_is_not_sane_becomes_now() -> None:
+    before = time.time()
+    event = make_event("job-1", Status.ACTIVE, event_at=float("inf"))
+    assert before - 1 <= event.event_at <= time.time() + 1
+
+
+def test_to_json_drops_absent_fields_and_round_trips_through_the_outbox() -> None:
     event = make_event(
         "job-7",
         Status.RETRYING,
@@ -135,11 +190,11 @@ def test_to_json_drops_absent_fields_and_round_trips() -> None:
     doc = decode(event.to_json())
 
     assert "result" not in doc and "progress" not in doc
-    again = StatusEvent.from_dict(doc)
-    assert again.as_dict() == event.as_dict()
+    again, tries = parse_entry(event.to_json())
+    assert again.as_dict() == event.as_dict() and tries == 0
 
 
-def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
+def test_a_deeply_nested_result_is_cut_not_refused() -> None:
     deep: list[Any] = []
     node = deep
     for _ in range(100_000):
@@ -149,7 +204,7 @@ def test_to_json_summarizes_a_too_deeply_nested_result() -> None:
 
     doc = decode(completed_with(deep).to_json())
 
-    assert doc["result"]["_unstorable"] is True
+    assert json.dumps(doc["result"]).count("[") == MAX_DEPTH
 
 
 _texts = st.text() | st.none()
@@ -163,19 +218,19 @@ _json_values = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    job_id=st.text(min_size=1),
+    job_id=st.text(),
     status=st.sampled_from(Status),
-    attempt=st.integers(0, 2**31) | st.booleans(),
+    attempt=st.integers(-5, 2**31) | st.booleans(),
     owner=st.tuples(st.text(), st.text()),
     names=st.tuples(st.text(), st.text()),
     event_at=st.floats(allow_nan=True, allow_infinity=True) | st.integers(0, 2**40),
     times=st.tuples(_times, _times, _times),
-    progress=st.integers(0, 100) | st.none(),
+    progress=st.integers(-5, 200) | st.none(),
     texts=st.tuples(_texts, _texts, _texts | st.integers()),
     result=_json_values,
     limit=st.sampled_from([64, DEFAULT_MAX_RESULT_BYTES]),
 )
-def test_the_hand_built_encoding_says_what_the_general_one_says(
+def test_whatever_an_event_is_given_it_encodes_and_its_encodings_agree(
     job_id: str,
     status: Status,
     attempt: int,
@@ -188,8 +243,9 @@ def test_the_hand_built_encoding_says_what_the_general_one_says(
     result: Any,
     limit: int,
 ) -> None:
-    """``to_json`` builds the usual event by hand and falls back to ``json.dumps`` of
-    ``as_dict`` for anything unusual: both must give the same document, always strict JSON."""
+    """Whatever the hooks (or a hand-made message) hand over, the event holds storable values:
+    its JSON is strict, UTF-8 without NUL, says what ``as_dict`` says, parses back through the
+    outbox's model, fits ``size_bound``, and the update path's row says the same."""
     event = StatusEvent(
         job_id,
         status,
@@ -205,52 +261,32 @@ def test_the_hand_built_encoding_says_what_the_general_one_says(
         error_type=texts[1],
         error_message=texts[2],
         result=result,
+        max_result_bytes=limit,
     )
-    built = decode(event.to_json(limit))
-    general = decode(event._encode_general(limit))
-    assert built == general
-    assert set(built) >= {"job_id", "status", "attempt", "tenant_id", "user_id", "event_at"}
-    # the writer sizes batches with size_bound, which encodes only events with texts of their own
-    assert event.size_bound() >= len(event.to_json())
-    # the update path's arrays, when it takes the event, say what the JSON says
-    row = event.update_row(limit)
-    if row is not None:
-        assert status is not Status.PENDING
-        fields = dict(zip(UPDATE_ROW_FIELDS, row, strict=True))
-        text = fields.pop("result")
-        assert (json.loads(text) if text is not None else None) == built.get("result")
-        assert fields == {name: built.get(name) for name in UPDATE_ROW_FIELDS if name != "result"}
-        for value in row:
-            if isinstance(value, str):
-                assert "\x00" not in value
-                value.encode("utf-8")  # no lone surrogates: PostgreSQL takes it as it is
+    text = event.to_json()
+    assert "\\u0000" not in text
+    built = decode(text)
+    assert built == json.loads(json.dumps(event.as_dict()))
+    assert event.size_bound() >= len(text)
+    for value in (event.job_id, event.tenant_id, event.user_id, event.actor_name, event.queue_name):
+        assert 1 <= len(value) <= 255
+    for at in (event.event_at, event.enqueued_at, event.started_at, event.next_retry_at):
+        assert at is None or MIN_TIME <= at <= MAX_TIME
+    row = event.update_row()
+    if status is Status.PENDING:
+        assert row is None
+        return
+    assert row is not None
+    fields = dict(zip(UPDATE_ROW_FIELDS, row, strict=True))
+    stored = fields.pop("result")
+    assert (json.loads(stored) if stored is not None else None) == built.get("result")
+    assert fields == {name: built.get(name) for name in UPDATE_ROW_FIELDS if name != "result"}
 
 
 UPDATE_ROW_FIELDS = (
     "job_id", "status", "attempt", "progress", "progress_message", "result", "error_type",
     "error_message", "next_retry_at", "enqueued_at", "started_at", "event_at",
 )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("fields", "why"),
-    [
-        pytest.param({"status": Status.PENDING}, "a pending event usually creates its row", id="pending"),
-        pytest.param({"event_at": float("nan")}, "not a finite float", id="nan-time"),
-        pytest.param({"started_at": 1_800_000_000}, "an int, not a float", id="int-time"),
-        pytest.param({"progress_message": "a\x00b"}, "NUL", id="nul-text"),
-        pytest.param({"error_message": "\ud800"}, "a lone surrogate", id="surrogate-text"),
-        pytest.param({"error_type": 42}, "not a str", id="int-text"),
-        pytest.param({"result": {"text": "\x00"}}, "jsonb refuses \\u0000", id="nul-in-result"),
-        pytest.param({"attempt": True}, "a bool, not an int", id="bool-attempt"),
-    ],
-)
-def test_the_update_path_leaves_unusual_events_to_job_status_apply(fields: dict[str, Any], why: str) -> None:
-    base: dict[str, Any] = {"status": Status.FAILED, "attempt": 1, "event_at": 1_800_000_000.5}
-    base.update(fields)
-    event = make_event("job-1", base.pop("status"), base.pop("attempt"), **base)
-    assert event.update_row() is None, why
-    decode(event.to_json())  # job_status_apply gets it, cleaned
 
 
 def test_the_update_path_takes_a_final_status_with_its_result() -> None:
