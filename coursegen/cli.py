@@ -36,7 +36,7 @@ exit codes:
   5    the job was cancelled or skipped (watch)
   124  the job was still running when --timeout ran out (watch)
 
-environment: REDIS_URL (submit, cancel), DATABASE_URL or SUPABASE_URL with
+environment: REDIS_URL (submit, cancel, outbox), DATABASE_URL or SUPABASE_URL with
 SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel, migrate needs DATABASE_URL)"""
 
 
@@ -191,6 +191,47 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.requested else EXIT_FAILED
 
 
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    """The status outbox on the broker's Redis: its depth, and its dead letters."""
+    import datetime as dt
+
+    import redis
+
+    from middleware.errors import TransientStoreError
+    from middleware.outbox import RedisOutbox
+
+    settings = load_settings()
+    client = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.store_timeout,
+        socket_connect_timeout=settings.store_timeout,
+    )
+    outbox = RedisOutbox(client)
+    count = None if args.all else args.limit
+    try:
+        if args.action == "stats":
+            depth, dead = outbox.depth(), outbox.dead_depth()
+            if depth < 0 or dead < 0:
+                return _fail("outbox", "cannot reach Redis", EXIT_UNREACHABLE)
+            print(f"waiting: {depth}\ndead letters: {dead}")
+        elif args.action == "list":
+            for letter in outbox.dead_letters(0, count or 1_000_000):
+                when = dt.datetime.fromtimestamp(letter.dead_at, dt.UTC).isoformat(timespec="seconds")
+                if args.json:
+                    print(json.dumps({"reason": letter.reason, "dead_at": when, "entry": letter.entry}))
+                else:
+                    print(f"{when}  {letter.reason}\n    {letter.entry[:300]}")
+        elif args.action == "requeue":
+            print(f"requeued: {outbox.requeue_dead(count)}")
+        else:
+            print(f"dropped: {outbox.drop_dead(count)}")
+    except TransientStoreError:
+        return _fail("outbox", "cannot reach Redis", EXIT_UNREACHABLE)
+    finally:
+        client.close()
+    return EXIT_OK
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -279,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("job_id", metavar="JOB_ID")
     cancel.set_defaults(func=_cmd_cancel)
+
+    outbox = command(
+        "outbox",
+        "inspect the status outbox; list, requeue or drop its dead letters (reads REDIS_URL)",
+        "The status outbox on the broker's Redis holds status events the store could not take "
+        "yet; its dead letters hold the entries that can never be written as they are (not an "
+        "event, rejected by the store, failing every drain), each with the reason. `stats` "
+        "counts both; `list` shows the dead letters, oldest first; `requeue` puts them back in "
+        "the outbox (after fixing their cause: say, creating a missing tenant); `drop` forgets "
+        "them. list, requeue and drop take the oldest --limit N, or --all.",
+    )
+    outbox.add_argument("action", choices=["stats", "list", "requeue", "drop"])
+    outbox.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N dead letters (default: 20)"
+    )
+    outbox.add_argument("--all", action="store_true", help="every dead letter")
+    outbox.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    outbox.set_defaults(func=_cmd_outbox)
 
     migrate = command(
         "migrate",

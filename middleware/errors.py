@@ -46,9 +46,21 @@ class TransientStoreError(StoreError):
 
 
 class PermanentStoreError(StoreError):
-    """The store refused the batch as a whole; sending it again will not help."""
+    """The store refused the batch as a whole; sending it again will not help.
+
+    Raised as such for what the batch cannot fix (no such function, a key the store refuses):
+    the writer keeps the events (outbox) until an operator fixes the store.
+    """
 
     reason = "permanent"
+
+
+class RejectedBatchError(PermanentStoreError):
+    """The store refused the batch for what it holds (SQLSTATE class 22 or 23, a text the
+    driver cannot encode, PostgREST's 400): the writer splits the batch until the bad events
+    stand alone, rejects those and writes the others."""
+
+    reason = "rejected_batch"
 
 
 class InvalidPayloadError(StatusSyncError, MiddlewareError, ValueError):

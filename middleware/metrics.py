@@ -74,6 +74,25 @@ class SyncMetrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.dead_letters = Counter(
+            "job_status_sync_dead_letters",
+            "Outbox entries moved to the dead letters, by reason (not_json, invalid, too_large, "
+            "not_an_event, rejected, failing).",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letter_depth = Gauge(
+            "job_status_sync_dead_letter_depth",
+            "Entries in the outbox's dead letters (one list shared by all processes).",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.lost = Counter(
+            "job_status_sync_lost_events",
+            "Status events neither written nor kept: the store and the outbox were both down "
+            "while the writer stopped. Zero unless both failed at once.",
+            registry=registry,
+        )
 
 
 def observe_many(histogram: Any, values: Sequence[float]) -> None:
@@ -124,9 +143,9 @@ class DisabledMetrics(SyncMetrics):
     """What :func:`get_metrics` returns when prometheus_client cannot create the metrics."""
 
     def __init__(self) -> None:
-        self.events = self.writes = self.failures = _Disabled()
+        self.events = self.writes = self.failures = self.dead_letters = self.lost = _Disabled()
         self.write_seconds = self.lag_seconds = _Disabled()
-        self.queue_depth = self.outbox_depth = _Disabled()
+        self.queue_depth = self.outbox_depth = self.dead_letter_depth = _Disabled()
 
 
 _lock = threading.Lock()

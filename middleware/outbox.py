@@ -1,33 +1,47 @@
-"""A durable spill of unsent events: a Redis list on the broker's Redis.
+"""A durable spill of unsent events: a Redis list on the broker's Redis, with dead letters.
 
 The writer spills a batch here when the store stays unreachable past its retries, and
 producers without store credentials push their ``pending`` events here directly. Any worker's
-writer drains it when the store answers again. Events are idempotent in the store, so
-draining twice or out of order is harmless.
+writer drains it (:mod:`middleware.drain`) when the store answers again. Events are idempotent
+in the store, so draining twice or out of order is harmless.
 
-Draining never loses an event, even to a worker killed mid-drain: :meth:`RedisOutbox.take`
+Draining never loses an entry, even to a worker killed mid-drain: :meth:`RedisOutbox.take`
 moves a batch (in one Lua script) from the list into a claim, a list of its own with a lease
-in a sorted set. The claim is deleted once the store took the batch (:meth:`RedisOutbox.done`)
-or its entries go back to the list when it did not (:meth:`RedisOutbox.put_back`); a claim whose
-lease ran out (its worker died) goes back to the list at the next ``take`` by any worker.
+in a sorted set; :meth:`RedisOutbox.settle` then deletes the claim, returning the entries the
+store could not take to the list and moving the ones that can never be written to the dead
+letters, in one transaction. A claim whose lease ran out (its worker died) goes back to the
+list at the next ``take`` by any worker.
+
+Every entry is checked when it is read (:func:`parse_entry`: a pydantic model of the event);
+one that is not JSON, nests too deep, has a field of the wrong type or an owner that is not a
+UUID never blocks another: it goes to the dead letters (``<key>:dead``) with the reason, where
+``coursegen outbox`` lists, requeues or drops it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import TransientStoreError
-from .events import DEFAULT_MAX_RESULT_BYTES, StatusEvent
+from .events import MAX_ATTEMPT, Owner, Status, StatusEvent
+from .storable import MAX_TIME, MIN_TIME, storable_text
 from .stores.base import APPLIED, Outcome
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY = "job_status:outbox"
+#: an entry longer than this is not parsed: it goes to the dead letters
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+#: dead letters kept (the oldest are trimmed past this)
+MAX_DEAD_LETTERS = 100_000
 
 
 #: KEYS: the list, the leases. ARGV: count, the new claim's key, lease (ms). Server time only.
@@ -54,42 +68,135 @@ redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[2])
 return items
 """
 
+_Time = Annotated[float, Field(ge=MIN_TIME, le=MAX_TIME, allow_inf_nan=False)]
+_Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class OutboxEntry(BaseModel):
+    """What an outbox entry must hold: an event as :meth:`StatusEvent.to_json` wrote it, and
+    ``_tries``, the drains that failed on it unexpectedly."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+
+    job_id: _Name
+    status: Status
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT, strict=True)]
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    actor_name: _Name
+    queue_name: _Name
+    event_at: _Time
+    enqueued_at: _Time | None = None
+    started_at: _Time | None = None
+    next_retry_at: _Time | None = None
+    progress: Annotated[int, Field(ge=0, le=100, strict=True)] | None = None
+    progress_message: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    result: Any = None
+    tries: Annotated[int, Field(ge=0, strict=True)] = Field(0, alias="_tries")
+
+    @field_validator("event_at", "enqueued_at", "started_at", "next_retry_at", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a time is a number of seconds, not a boolean")
+        return value
+
+    def event(self) -> StatusEvent:
+        return StatusEvent(
+            self.job_id,
+            self.status,
+            self.attempt,
+            Owner(str(self.tenant_id), str(self.user_id)),
+            self.actor_name,
+            self.queue_name,
+            self.event_at,
+            enqueued_at=self.enqueued_at,
+            started_at=self.started_at,
+            next_retry_at=self.next_retry_at,
+            progress=self.progress,
+            progress_message=self.progress_message,
+            error_type=self.error_type,
+            error_message=self.error_message,
+            result=self.result,
+        )
+
+
+class BadEntry(ValueError):
+    """An outbox entry that can never be written; ``reason`` says why (no entry text in it)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def parse_entry(raw: bytes | str) -> tuple[StatusEvent, int]:
+    """(the event, its ``_tries``) of an outbox entry; :class:`BadEntry` when it has none."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise BadEntry(f"too_large: {len(raw)} bytes")
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise BadEntry("not_json: nested too deep") from None
+    except (ValueError, TypeError) as exc:  # includes UnicodeDecodeError
+        raise BadEntry(f"not_json: {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise BadEntry(f"not_an_event: a JSON {type(doc).__name__}")
+    try:
+        entry = OutboxEntry.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'entry'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        raise BadEntry(storable_text(f"invalid: {problems}", 500)) from None
+    except RecursionError:
+        raise BadEntry("invalid: nested too deep") from None
+    return entry.event(), entry.tries
+
+
+def entry_with_tries(event: StatusEvent, tries: int) -> str:
+    """The outbox entry of ``event`` noting ``tries`` failed drains."""
+    return event.to_json()[:-1] + f',"_tries":{int(tries)}}}'
+
 
 @dataclass
 class Claim:
-    """Entries taken from the outbox: held under ``key`` until :meth:`RedisOutbox.done` or
-    :meth:`RedisOutbox.put_back`, or until the lease runs out."""
+    """Entries taken from the outbox: held under ``key`` until :meth:`RedisOutbox.settle`, or
+    until the lease runs out."""
 
     key: str | None
-    events: list[StatusEvent] = field(default_factory=list)
-    raw: list[bytes | str] = field(default_factory=list)  # the decodable entries, as stored
+    raw: list[bytes] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.raw)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry that will not be written: why, since when, and the entry as it was."""
+
+    reason: str
+    dead_at: float
+    entry: str
 
 
 class RedisOutbox:
     """Events as JSON strings in one Redis list (``RPUSH`` to spill; claims with a lease to
-    drain, see the module docstring).
+    drain) and the dead letters beside it (see the module docstring).
 
     Parameters:
       lease_seconds: how long a claim may stay unanswered before another worker takes its
         entries again; longer than a drain's store call can take.
     """
 
-    def __init__(
-        self,
-        client: Any,
-        key: str = DEFAULT_KEY,
-        *,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        lease_seconds: float = 60.0,
-    ) -> None:
+    def __init__(self, client: Any, key: str = DEFAULT_KEY, *, lease_seconds: float = 60.0) -> None:
         self.client = client
         self.key = key
         self.leases_key = f"{key}:leases"
+        self.dead_key = f"{key}:dead"
         self.lease_seconds = lease_seconds
-        self._max_result_bytes = max_result_bytes
         self._take_script: Any = None
 
     def __repr__(self) -> str:
@@ -97,85 +204,144 @@ class RedisOutbox:
 
     def push(self, events: Sequence[StatusEvent]) -> None:
         """Append events; raises TransientStoreError when Redis cannot take them."""
-        if not events:
-            return
-        items = [event.to_json(self._max_result_bytes) for event in events]
-        import redis
-
-        try:
-            self.client.rpush(self.key, *items)
-        except redis.RedisError as exc:
-            raise TransientStoreError(f"outbox push failed: {type(exc).__name__}", reason="outbox") from exc
+        if events:
+            self._call("push", self.client.rpush, self.key, *[event.to_json() for event in events])
 
     def take(self, count: int) -> Claim:
-        """Claim up to ``count`` events (first returning expired claims to the list).
-
-        An entry that cannot be decoded is logged and left out: it goes away with the claim.
-        """
-        import redis
-
+        """Claim up to ``count`` entries (first returning expired claims to the list)."""
         claim_key = f"{self.key}:claim:{uuid.uuid4().hex}"
-        try:
-            if self._take_script is None:
-                self._take_script = self.client.register_script(_TAKE)
-            raw = self._take_script(
-                keys=[self.key, self.leases_key],
-                args=[max(1, int(count)), claim_key, int(self.lease_seconds * 1000)],
-            )
-        except redis.RedisError as exc:
-            raise TransientStoreError(f"outbox read failed: {type(exc).__name__}", reason="outbox") from exc
-        if not raw:
-            return Claim(None)
-        claim = Claim(claim_key)
-        for item in raw:
-            try:
-                claim.events.append(StatusEvent.from_dict(json.loads(item)))
-            except (ValueError, KeyError, TypeError):
-                logger.error(
-                    "Dropping an undecodable outbox entry (%d bytes).",
-                    len(item),
-                    extra={"action": "outbox_drop"},
-                )
-                continue
-            claim.raw.append(item)
-        return claim
+        if self._take_script is None:
+            self._take_script = self.client.register_script(_TAKE)
+        raw = self._call(
+            "read",
+            self._take_script,
+            keys=[self.key, self.leases_key],
+            args=[max(1, int(count)), claim_key, int(self.lease_seconds * 1000)],
+        )
+        return Claim(claim_key, list(raw)) if raw else Claim(None)
 
-    def done(self, claim: Claim) -> None:
-        """The store took the claimed events: forget them. Raises TransientStoreError when
-        Redis cannot be told (the lease then runs out and the events are applied again, which
-        is harmless)."""
+    def settle(
+        self,
+        claim: Claim,
+        *,
+        put_back: Sequence[bytes | str] = (),
+        dead: Sequence[tuple[bytes | str, str]] = (),
+    ) -> None:
+        """End ``claim``: ``put_back`` entries return to the list, ``dead`` ones (entry, reason)
+        go to the dead letters, the rest are forgotten (written). One transaction; raises
+        TransientStoreError when Redis cannot be told (the lease then runs out and every entry
+        comes back, which is harmless)."""
         if claim.key is None:
             return
-        self._finish(claim, put_back=False)
+        now = time.time()
+        letters = [_letter(raw, reason, now) for raw, reason in dead]
 
-    def put_back(self, claim: Claim) -> None:
-        """The store did not take the claimed events: return them to the list."""
-        if claim.key is None:
-            return
-        self._finish(claim, put_back=True)
-
-    def _finish(self, claim: Claim, *, put_back: bool) -> None:
-        import redis
-
-        assert claim.key is not None
-        try:
+        def run() -> None:
             with self.client.pipeline(transaction=True) as pipe:
-                if put_back and claim.raw:
-                    pipe.rpush(self.key, *claim.raw)
+                if put_back:
+                    pipe.rpush(self.key, *put_back)
+                if letters:
+                    pipe.rpush(self.dead_key, *letters)
+                    pipe.ltrim(self.dead_key, -MAX_DEAD_LETTERS, -1)
                 pipe.delete(claim.key)
                 pipe.zrem(self.leases_key, claim.key)
                 pipe.execute()
-        except redis.RedisError as exc:
-            raise TransientStoreError(f"outbox update failed: {type(exc).__name__}", reason="outbox") from exc
+
+        self._call("update", run)
+
+    def bury(self, letters: Sequence[tuple[str, str]]) -> None:
+        """Add (entry, reason) dead letters: events the store rejected and nothing could
+        replace. Raises TransientStoreError when Redis cannot take them."""
+        if letters:
+            now = time.time()
+            items = [_letter(entry, reason, now) for entry, reason in letters]
+
+            def run() -> None:
+                with self.client.pipeline(transaction=True) as pipe:
+                    pipe.rpush(self.dead_key, *items)
+                    pipe.ltrim(self.dead_key, -MAX_DEAD_LETTERS, -1)
+                    pipe.execute()
+
+            self._call("update", run)
 
     def depth(self) -> int:
-        """Events waiting in the list (claimed ones are being applied), or -1 if Redis is down."""
+        """Entries waiting in the list (claimed ones are being applied), or -1 if Redis is down."""
+        return self._length(self.key)
+
+    def dead_depth(self) -> int:
+        """Dead letters kept, or -1 if Redis is down."""
+        return self._length(self.dead_key)
+
+    # -- dead letters (coursegen outbox) ---------------------------------------------------------
+
+    def dead_letters(self, start: int = 0, count: int = 20) -> list[DeadLetter]:
+        """Dead letters, oldest first, from index ``start``."""
+        letters = []
+        for item in self._call("read", self.client.lrange, self.dead_key, start, start + count - 1):
+            try:
+                doc = json.loads(item)
+                letters.append(DeadLetter(str(doc["reason"]), float(doc["dead_at"]), str(doc["entry"])))
+            except (ValueError, TypeError, KeyError):
+                letters.append(DeadLetter("unreadable dead letter", 0.0, _text(item)))
+        return letters
+
+    def requeue_dead(self, count: int | None = None) -> int:
+        """Move up to ``count`` (None: all) dead letters, oldest first, back to the outbox;
+        returns how many. An entry comes back as it was: without its ``_tries``."""
+        moved = 0
+        while count is None or moved < count:
+            item = self._call("update", self.client.lpop, self.dead_key)
+            if item is None:
+                break
+            try:
+                entry = json.loads(item)["entry"]
+            except (ValueError, TypeError, KeyError):
+                entry = _text(item)
+            try:
+                event, _tries = parse_entry(entry)
+                entry = event.to_json()
+            except BadEntry:
+                pass  # back it goes as it was; the next drain sends it to the dead letters again
+            self._call("update", self.client.rpush, self.key, entry)
+            moved += 1
+        return moved
+
+    def drop_dead(self, count: int | None = None) -> int:
+        """Forget up to ``count`` (None: all) dead letters, oldest first; returns how many."""
+        if count is None:
+            dropped = self._length(self.dead_key)
+            self._call("update", self.client.delete, self.dead_key)
+            return max(dropped, 0)
+        dropped = self._call("update", self.client.lpop, self.dead_key, count) or []
+        return len(dropped)
+
+    def _length(self, key: str) -> int:
         import redis
 
         try:
-            return int(self.client.llen(self.key))
+            return int(self.client.llen(key))
         except redis.RedisError:
             return -1
+
+    @staticmethod
+    def _call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return function(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise TransientStoreError(f"outbox {what} failed: {type(exc).__name__}", reason="outbox") from exc
+
+
+def _letter(raw: bytes | str, reason: str, now: float) -> str:
+    return json.dumps(
+        {"reason": reason, "dead_at": now, "entry": _text(raw)[:MAX_ENTRY_BYTES]}, ensure_ascii=False
+    )
+
+
+def _text(raw: bytes | str) -> str:
+    """An entry as text for a dead letter (bytes that are not UTF-8 are replaced)."""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 class OutboxStore:
@@ -197,3 +363,6 @@ class OutboxStore:
 
     def close(self) -> None:
         return None
+
+
+__all__ = ["BadEntry", "Claim", "DeadLetter", "OutboxEntry", "OutboxStore", "RedisOutbox", "parse_entry"]

@@ -10,10 +10,14 @@ from ..events import StatusEvent
 APPLIED = "applied"
 STALE = "stale"
 REJECTED = "rejected"
+#: the event was rejected and a summary of it written in its place (the writer's doing, never a
+#: store's answer: see middleware.delivery)
+REPLACED = "replaced"
 
 
 class Outcome(NamedTuple):
-    """What became of one event: applied, stale (the row already held newer news) or rejected."""
+    """What became of one event: applied, stale (the row already held newer news), rejected
+    (with a reason), or replaced (rejected, and a summary written instead)."""
 
     job_id: str
     outcome: str
@@ -29,9 +33,12 @@ class StatusStore(Protocol):
     """Applies batches of status events through ``public.job_status_apply``.
 
     ``apply`` makes one round trip and returns one :class:`Outcome` per event, in order. It
-    raises :class:`~middleware.errors.TransientStoreError` when the batch may succeed later
-    and :class:`~middleware.errors.PermanentStoreError` when the batch as a whole was refused.
-    A bad event is never a reason to raise: it comes back as a rejected outcome.
+    raises :class:`~middleware.errors.TransientStoreError` when the store cannot be reached
+    (the batch may succeed later), :class:`~middleware.errors.RejectedBatchError` when the
+    batch was refused for what it holds (the writer then isolates the bad events), and
+    :class:`~middleware.errors.PermanentStoreError` when the store refuses any batch (no such
+    function, a refused key). An event the store can judge on its own comes back as a rejected
+    outcome instead.
 
     A store may also have ``prepare()``: called once at worker boot (see
     :meth:`~middleware.writer.StatusWriter.prepare`) to import and build what ``apply`` needs,
@@ -43,6 +50,6 @@ class StatusStore(Protocol):
     def close(self) -> None: ...
 
 
-def encode_batch(events: Sequence[StatusEvent], max_result_bytes: int) -> str:
+def encode_batch(events: Sequence[StatusEvent]) -> str:
     """The JSON array ``job_status_apply`` takes."""
-    return "[" + ",".join(event.to_json(max_result_bytes) for event in events) + "]"
+    return "[" + ",".join(event.to_json() for event in events) + "]"

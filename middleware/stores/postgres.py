@@ -11,8 +11,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import PermanentStoreError, TransientStoreError
-from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent, UpdateRow
+from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
+from ..events import StatusEvent, UpdateRow
 from .base import APPLIED, Outcome, encode_batch
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,11 @@ class PostgresStatusStore:
         *,
         max_connections: int = 2,
         timeout: float = 5.0,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         update_path: bool = True,
     ) -> None:
         self._conninfo = conninfo
         self._max_connections = max_connections
         self._timeout = timeout
-        self._max_result_bytes = max_result_bytes
         #: off for good once the database turns out not to have job_status_update
         self.update_path = update_path
         self._pool: ConnectionPool[Any] | None = None
@@ -104,7 +102,7 @@ class PostgresStatusStore:
         rows: list[UpdateRow] = []
         taken = bytearray(len(events))  # 1: the event is one of rows
         if self.update_path:
-            candidates = [event.update_row(self._max_result_bytes) for event in events]
+            candidates = [event.update_row() for event in events]
             # a job goes one way whole: job_status_apply folds its events and reports them together
             held = {event.job_id for event, row in zip(events, candidates, strict=True) if row is None}
             for i, row in enumerate(candidates):
@@ -118,14 +116,18 @@ class PostgresStatusStore:
                 rest = [i for i, event in enumerate(events) if not (taken[i] and event.job_id in updated)]
                 answers = []
                 if rest:
-                    payload = encode_batch([events[i] for i in rest], self._max_result_bytes)
+                    payload = encode_batch([events[i] for i in rest])
                     answers = conn.execute(APPLY_SQL, (payload,)).fetchall()
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
         except psycopg.Error as exc:
             if _transient(exc):
                 raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
-            raise PermanentStoreError(_describe(exc), reason="rejected_batch") from exc
+            if _data_error(exc):
+                raise RejectedBatchError(_describe(exc)) from exc
+            raise PermanentStoreError(_describe(exc)) from exc
+        except UnicodeError as exc:  # a text the driver cannot encode
+            raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         outcomes = [Outcome(event.job_id, APPLIED) for event in events]
         for idx, outcome, reason in answers:
             i = rest[idx - 1]
@@ -165,6 +167,13 @@ def update_params(rows: Sequence[UpdateRow]) -> list[list[Any] | None]:
     event has (psycopg dumps a list element by element in Python, and most of a final
     status's twelve fields are empty)."""
     return [None if column.count(None) == len(column) else list(column) for column in zip(*rows, strict=True)]
+
+
+def _data_error(exc: BaseException) -> bool:
+    """A data exception (class 22) or an integrity constraint violation (class 23): the batch's
+    content is to blame, not the database."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate[:2] in ("22", "23") or isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from ..errors import PermanentStoreError, TransientStoreError
-from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent, clean_text, redact
+from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
+from ..events import StatusEvent, clean_text, redact
 from .base import APPLIED, Outcome, encode_batch
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class SupabaseStatusStore:
       timeout: seconds for connect, read, write and pool waits of the client this store creates.
       http_client: an ``httpx.Client`` to use instead (tests hand one with their own transport);
         the store adds a response hook to it and leaves closing it to its owner.
-      max_result_bytes: results larger than this (encoded JSON) are replaced by a summary.
     """
 
     def __init__(
@@ -61,13 +60,11 @@ class SupabaseStatusStore:
         *,
         timeout: float = 5.0,
         http_client: httpx.Client | None = None,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self._url = url
         self._key = service_key if isinstance(service_key, SecretStr) else SecretStr(service_key)
         self._timeout = timeout
         self._given_http = http_client
-        self._max_result_bytes = max_result_bytes
         self._lock = threading.Lock()
         self._local = threading.local()  # the HTTP status of this thread's last response
         self._http: httpx.Client | None = None
@@ -125,7 +122,7 @@ class SupabaseStatusStore:
             return []
         # The project's encoder never emits NaN, lone surrogates or NUL; the client re-encodes
         # plain JSON values only.
-        params = {"events": json.loads(encode_batch(events, self._max_result_bytes))}
+        params = {"events": json.loads(encode_batch(events))}
         from postgrest.exceptions import APIError
 
         self._local.status = None
@@ -156,7 +153,9 @@ class SupabaseStatusStore:
             return TransientStoreError(text, reason="http_429")
         if status is None or status >= 500:
             return TransientStoreError(text, reason="http_5xx")
-        return PermanentStoreError(text, reason="rejected_batch")
+        if status in (400, 409):  # PostgREST's answers to data errors (SQLSTATE 22, 23) and bad JSON
+            return RejectedBatchError(text)
+        return PermanentStoreError(text)
 
     def _outcomes(self, events: Sequence[StatusEvent], data: Any) -> list[Outcome]:
         """Every event applied, but those the answer names (by their 1-based ``idx``)."""

@@ -132,10 +132,10 @@ def test_a_result_over_the_cap_is_stored_as_a_summary(stack: dict[str, Any], wor
     assert row["result"]["_truncated"] is True and row["result"]["size_bytes"] > 2_000_000
 
 
-def test_nan_or_infinity_in_a_result_is_stored_as_a_summary(stack: dict[str, Any], worker: Worker) -> None:
+def test_nan_or_infinity_in_a_result_is_stored_as_null(stack: dict[str, Any], worker: Worker) -> None:
     row = finished_row(stack, "nan_result")
     assert row["status"] == "completed"
-    assert row["result"]["_unstorable"] is True and "JSON" in row["result"]["reason"]
+    assert row["result"] == {"score": None, "ceiling": None}
 
 
 def test_a_one_megabyte_exception_message_is_capped(stack: dict[str, Any], worker: Worker) -> None:

@@ -10,6 +10,7 @@ exercised too.
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -167,7 +168,8 @@ def test_a_bad_event_is_rejected_alone(store: StatusStore, owner: Owner, sm_data
     unknown_user = StatusEvent(
         f"bad-{uuid.uuid4()}", Status.ACTIVE, 1, Owner(owner.tenant_id, str(uuid.uuid4())), "a", "q", 1000.0
     )
-    bad_progress = StatusEvent(f"bad-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 1000.0, progress=250)
+    bad_progress = StatusEvent(f"bad-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 1000.0, progress=25)
+    bad_progress.progress = 250  # an event cannot be built so (it bounds its values): corrupted after
 
     outcomes = store.apply([good[0], unknown_tenant, good[1], unknown_user, bad_progress, good[2]])
 
@@ -229,10 +231,12 @@ def test_purge_deletes_finished_rows_in_bounded_batches(database_url: str) -> No
     owner = create_owner(database_url)
     store = PostgresStatusStore(database_url)
     try:
+        forty_days_ago = time.time() - 40 * 86400
         finished = [
-            StatusEvent(f"old-{i}", Status.COMPLETED, 1, owner, "a", "q", 1000.0 + i) for i in range(5)
+            StatusEvent(f"old-{i}", Status.COMPLETED, 1, owner, "a", "q", forty_days_ago + i)
+            for i in range(5)
         ]
-        running = StatusEvent("running", Status.ACTIVE, 1, owner, "a", "q", 1000.0)
+        running = StatusEvent("running", Status.ACTIVE, 1, owner, "a", "q", forty_days_ago)
         store.apply([*finished, running])
     finally:
         store.close()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from middleware.errors import PermanentStoreError, StoreError, TransientStoreError
+from middleware.errors import PermanentStoreError, RejectedBatchError, StoreError, TransientStoreError
 from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.supabase import SupabaseStatusStore
 from tests.support.db import create_owner, fetch_rows
@@ -151,7 +151,7 @@ def test_the_anon_key_is_refused_as_a_whole(stand_in: PostgrestStandIn, http: ht
     store = SupabaseStatusStore(STAND_IN_URL, anon_key(), http_client=http)
     with pytest.raises(PermanentStoreError) as caught:
         store.apply(events_for(Owner(str(uuid.uuid4()), str(uuid.uuid4())), 2))
-    assert caught.value.reason == "rejected_batch"
+    assert caught.value.reason == "permanent", "not the batch's data: the writer keeps the events"
     assert "HTTP 401 (42501)" in str(caught.value)
 
 
@@ -189,10 +189,12 @@ def _answering(status: int, body: object | str) -> httpx.Client:
         (504, {"code": "PGRST003", "message": "Timed out acquiring connection from connection pool."},
          TransientStoreError, "connection"),
         (400, {"code": "22023", "message": "job_status_apply expects a JSON array of events"},
-         PermanentStoreError, "rejected_batch"),
+         RejectedBatchError, "rejected_batch"),
+        (409, {"code": "23505", "message": "duplicate key value violates unique constraint"},
+         RejectedBatchError, "rejected_batch"),
         (401, {"code": "PGRST301", "message": "JWSError JWSInvalidSignature"}, PermanentStoreError,
-         "rejected_batch"),
-        (413, "<html>Payload Too Large</html>", PermanentStoreError, "rejected_batch"),
+         "permanent"),
+        (413, "<html>Payload Too Large</html>", PermanentStoreError, "permanent"),
     ],
 )  # fmt: skip
 def test_http_failures_are_sorted_into_transient_and_permanent(

@@ -22,6 +22,8 @@ ALERTS = {
     "JobStatusSyncLagHigh",
     "JobStatusOutboxNotDraining",
     "JobStatusSyncStalled",
+    "JobStatusDeadLetters",
+    "JobStatusEventsLost",
 }
 
 
@@ -57,7 +59,7 @@ def test_promtool_unit_tests_catch_a_wrong_threshold(promtool: str, tmp_path: Pa
     assert "failure ratio of 2%" in done.stdout + done.stderr
 
 
-def test_the_four_alerts_exist() -> None:
+def test_the_six_alerts_exist() -> None:
     assert {rule["alert"] for rule in alert_rules()} == ALERTS
 
 

@@ -227,7 +227,7 @@ def test_the_outbox_depth_is_sampled_while_the_store_is_down_and_the_drain_is_su
     store = Store(fail=10**6)
     store.fail_after = 0.2
     writer = make_writer(store, outbox=outbox, retry_attempts=1, probe_interval=0.1, drain_interval=0.02)
-    with caplog.at_level(logging.INFO, logger="middleware.writer"):
+    with caplog.at_level(logging.INFO, logger="middleware"):
         for n in range(3):
             writer.submit(event(f"job-{n}"))
         wait_for(lambda: metrics("job_status_sync_outbox_depth") == 3, timeout=5, what="depth 3")

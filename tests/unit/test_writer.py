@@ -21,6 +21,9 @@ from .conftest import WRITER_THREAD, RecordingStore, make_event
 
 WriterFactory = Callable[..., StatusWriter]
 
+#: event times are epoch seconds in the sane range (middleware.storable): offsets from here
+T0 = 1_800_000_000.0
+
 
 @pytest.fixture
 def make_writer() -> Iterator[WriterFactory]:
@@ -41,8 +44,10 @@ def make_writer() -> Iterator[WriterFactory]:
 def test_active_then_completed_of_one_job_is_one_write(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store)
-    active = make_event("job-1", Status.ACTIVE, 1, event_at=100.0, started_at=100.0)
-    completed = make_event("job-1", Status.COMPLETED, 1, event_at=101.0, started_at=100.0, result={"ok": 1})
+    active = make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 100.0, started_at=T0 + 100.0)
+    completed = make_event(
+        "job-1", Status.COMPLETED, 1, event_at=T0 + 101.0, started_at=T0 + 100.0, result={"ok": 1}
+    )
 
     writer.submit(active)
     writer.submit(completed)
@@ -53,7 +58,7 @@ def test_active_then_completed_of_one_job_is_one_write(make_writer: WriterFactor
     assert sent is completed
 
 
-def _start(job_id: str, attempt: int = 1, started_at: float = 100.0) -> tuple[Any, int, float]:
+def _start(job_id: str, attempt: int = 1, started_at: float = T0 + 100.0) -> tuple[Any, int, float]:
     return ((job_id, Owner("t", "u"), "an_actor", "default", 90.0), attempt, started_at)
 
 
@@ -65,7 +70,7 @@ def test_a_start_never_outlives_the_final_event_of_its_attempt(
     # late-start-after-end: a redelivered copy's start does not replace the newer news
     store = RecordingStore()
     writer = make_writer(store)
-    completed = make_event("job-1", Status.COMPLETED, 1, event_at=101.0, started_at=100.0)
+    completed = make_event("job-1", Status.COMPLETED, 1, event_at=T0 + 101.0, started_at=T0 + 100.0)
 
     if start_first:
         writer.started(_start("job-1"))
@@ -83,13 +88,13 @@ def test_a_job_still_running_at_the_flush_gets_its_active_event_stamped_at_the_s
     store = RecordingStore()
     writer = make_writer(store)
 
-    writer.started(_start("job-1", attempt=2, started_at=100.5))
+    writer.started(_start("job-1", attempt=2, started_at=T0 + 100.5))
     assert writer.buffered == 1
     assert writer.flush(timeout=5)
 
     [[active]] = store.batches
     assert (active.job_id, active.status, active.attempt) == ("job-1", Status.ACTIVE, 2)
-    assert active.started_at == active.event_at == 100.5
+    assert active.started_at == active.event_at == T0 + 100.5
     assert active.enqueued_at == 90.0
     assert (active.tenant_id, active.user_id, active.actor_name, active.queue_name) == (
         "t",
@@ -99,7 +104,7 @@ def test_a_job_still_running_at_the_flush_gets_its_active_event_stamped_at_the_s
     )
 
     # made once: the next flush has nothing of it, and its end is a second write
-    completed = make_event("job-1", Status.COMPLETED, 2, event_at=101.0, started_at=100.5)
+    completed = make_event("job-1", Status.COMPLETED, 2, event_at=T0 + 101.0, started_at=T0 + 100.5)
     writer.submit(completed)
     assert writer.flush(timeout=5)
     assert store.batches[1:] == [[completed]]
@@ -111,8 +116,8 @@ def test_a_new_attempt_starting_replaces_the_retrying_of_the_previous_one(
     store = RecordingStore()
     writer = make_writer(store)
 
-    writer.submit(make_event("job-1", Status.RETRYING, 1, event_at=100.0))
-    writer.started(_start("job-1", attempt=2, started_at=101.0))
+    writer.submit(make_event("job-1", Status.RETRYING, 1, event_at=T0 + 100.0))
+    writer.started(_start("job-1", attempt=2, started_at=T0 + 101.0))
     assert writer.flush(timeout=5)
 
     [[event]] = store.batches
@@ -144,23 +149,23 @@ def test_events_of_different_jobs_are_not_coalesced(make_writer: WriterFactory) 
     ("newer", "stale"),
     [
         pytest.param(
-            make_event("job-1", Status.COMPLETED, 1, event_at=200.0),
-            make_event("job-1", Status.ACTIVE, 1, event_at=100.0),
+            make_event("job-1", Status.COMPLETED, 1, event_at=T0 + 200.0),
+            make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 100.0),
             id="active-after-completed",
         ),
         pytest.param(
-            make_event("job-1", Status.ACTIVE, 2, event_at=200.0),
-            make_event("job-1", Status.RETRYING, 1, event_at=300.0),
+            make_event("job-1", Status.ACTIVE, 2, event_at=T0 + 200.0),
+            make_event("job-1", Status.RETRYING, 1, event_at=T0 + 300.0),
             id="retrying-of-an-older-attempt",
         ),
         pytest.param(
-            make_event("job-1", Status.ACTIVE, 1, event_at=200.0),
-            make_event("job-1", Status.PENDING, 0, event_at=300.0),
+            make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 200.0),
+            make_event("job-1", Status.PENDING, 0, event_at=T0 + 300.0),
             id="pending-after-active",
         ),
         pytest.param(
-            make_event("job-1", Status.FAILED, 1, event_at=200.0),
-            make_event("job-1", Status.COMPLETED, 1, event_at=300.0),
+            make_event("job-1", Status.FAILED, 1, event_at=T0 + 200.0),
+            make_event("job-1", Status.COMPLETED, 1, event_at=T0 + 300.0),
             id="a-later-terminal-event",
         ),
     ],
@@ -181,10 +186,10 @@ def test_a_stale_event_submitted_after_a_newer_one_is_dropped(
 def test_progress_events_of_one_attempt_keep_the_highest_progress(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store)
-    p60 = make_event("job-1", Status.ACTIVE, 1, event_at=100.0, progress=60, progress_message="lessons")
-    p30 = make_event("job-1", Status.ACTIVE, 1, event_at=101.0, progress=30, progress_message="outline")
-    p80 = make_event("job-2", Status.ACTIVE, 1, event_at=100.0, progress=80)
-    p90 = make_event("job-2", Status.ACTIVE, 1, event_at=101.0, progress=90)
+    p60 = make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 100.0, progress=60, progress_message="lessons")
+    p30 = make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 101.0, progress=30, progress_message="outline")
+    p80 = make_event("job-2", Status.ACTIVE, 1, event_at=T0 + 100.0, progress=80)
+    p90 = make_event("job-2", Status.ACTIVE, 1, event_at=T0 + 101.0, progress=90)
 
     for event in (p60, p30, p80, p90):
         writer.submit(event)
@@ -196,8 +201,8 @@ def test_progress_events_of_one_attempt_keep_the_highest_progress(make_writer: W
 def test_a_new_attempt_replaces_the_progress_of_the_previous_one(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store)
-    writer.submit(make_event("job-1", Status.ACTIVE, 1, event_at=100.0, progress=90))
-    second = make_event("job-1", Status.ACTIVE, 2, event_at=101.0, started_at=101.0)
+    writer.submit(make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 100.0, progress=90))
+    second = make_event("job-1", Status.ACTIVE, 2, event_at=T0 + 101.0, started_at=T0 + 101.0)
     writer.submit(second)
     assert writer.flush(timeout=5)
 
@@ -207,8 +212,10 @@ def test_a_new_attempt_replaces_the_progress_of_the_previous_one(make_writer: Wr
 def test_completed_supersedes_progress_without_inheriting_it(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store)
-    writer.submit(make_event("job-1", Status.ACTIVE, 1, event_at=100.0, progress=60, progress_message="half"))
-    completed = make_event("job-1", Status.COMPLETED, 1, event_at=101.0, result=[1, 2])
+    writer.submit(
+        make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 100.0, progress=60, progress_message="half")
+    )
+    completed = make_event("job-1", Status.COMPLETED, 1, event_at=T0 + 101.0, result=[1, 2])
     writer.submit(completed)
     assert writer.flush(timeout=5)
 
@@ -221,12 +228,12 @@ def test_completed_supersedes_progress_without_inheriting_it(make_writer: Writer
 def test_a_coalesced_event_keeps_the_enqueue_time_it_lacks(make_writer: WriterFactory) -> None:
     store = RecordingStore()
     writer = make_writer(store)
-    writer.submit(make_event("job-1", Status.PENDING, 0, event_at=100.0, enqueued_at=99.5))
-    writer.submit(make_event("job-1", Status.ACTIVE, 1, event_at=101.0, started_at=101.0))
+    writer.submit(make_event("job-1", Status.PENDING, 0, event_at=T0 + 100.0, enqueued_at=T0 + 99.5))
+    writer.submit(make_event("job-1", Status.ACTIVE, 1, event_at=T0 + 101.0, started_at=T0 + 101.0))
     assert writer.flush(timeout=5)
 
     [sent] = store.events
-    assert (sent.status, sent.enqueued_at, sent.started_at) == (Status.ACTIVE, 99.5, 101.0)
+    assert (sent.status, sent.enqueued_at, sent.started_at) == (Status.ACTIVE, T0 + 99.5, T0 + 101.0)
 
 
 def test_close_flushes_everything_and_closes_the_store(make_writer: WriterFactory) -> None:
