@@ -115,12 +115,12 @@ def event_time() -> float:
 def make_identity(
     job_id: Any, owner: tuple[Any, Any], actor_name: Any, queue_name: Any, enqueued_at: Any
 ) -> Identity:
-    """An :data:`Identity` whose every field a row takes (see :func:`_name`)."""
+    """An :data:`Identity` whose every field a row takes (see :func:`storable_name`)."""
     return (
-        _name(job_id),
-        Owner(_name(owner[0]), _name(owner[1])),
-        _name(actor_name),
-        _name(queue_name),
+        storable_name(job_id),
+        Owner(storable_name(owner[0]), storable_name(owner[1])),
+        storable_name(actor_name),
+        storable_name(queue_name),
         storable_time(enqueued_at),
     )
 
@@ -174,14 +174,25 @@ class StatusEvent:
         next_retry_at: float | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
-        self.job_id = _name(job_id)
-        self.tenant_id = _name(owner[0])
-        self.user_id = _name(owner[1])
-        self.actor_name = _name(actor_name)
-        self.queue_name = _name(queue_name)
+        self.job_id = storable_name(job_id)
+        self.tenant_id = storable_name(owner[0])
+        self.user_id = storable_name(owner[1])
+        self.actor_name = storable_name(actor_name)
+        self.queue_name = storable_name(queue_name)
         self.enqueued_at = storable_time(enqueued_at)
-        self._fill(status, attempt, event_at, started_at, progress, progress_message, result,
-                   error_type, error_message, next_retry_at, max_result_bytes)  # fmt: skip
+        self._fill(
+            status,
+            attempt,
+            event_at,
+            started_at=started_at,
+            progress=progress,
+            progress_message=progress_message,
+            result=result,
+            error_type=error_type,
+            error_message=error_message,
+            next_retry_at=next_retry_at,
+            max_result_bytes=max_result_bytes,
+        )
 
     @classmethod
     def of(
@@ -192,19 +203,7 @@ class StatusEvent:
         event = cls.__new__(cls)
         event.job_id, owner, event.actor_name, event.queue_name, event.enqueued_at = identity
         event.tenant_id, event.user_id = owner
-        event._fill(
-            status,
-            attempt,
-            event_at,
-            fields.get("started_at"),
-            fields.get("progress"),
-            fields.get("progress_message"),
-            fields.get("result"),
-            fields.get("error_type"),
-            fields.get("error_message"),
-            fields.get("next_retry_at"),
-            fields.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES),
-        )
+        event._fill(status, attempt, event_at, **fields)
         return event
 
     def _fill(
@@ -212,15 +211,17 @@ class StatusEvent:
         status: Status,
         attempt: Any,
         event_at: Any,
-        started_at: Any,
-        progress: Any,
-        progress_message: Any,
-        result: Any,
-        error_type: Any,
-        error_message: Any,
-        next_retry_at: Any,
-        max_result_bytes: int,
+        *,
+        started_at: Any = None,
+        progress: Any = None,
+        progress_message: Any = None,
+        result: Any = None,
+        error_type: Any = None,
+        error_message: Any = None,
+        next_retry_at: Any = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
+        # every check has a cheap test first for what the hooks give (this runs per event)
         if type(status) is not Status:
             status = Status(status)  # a str of a known status, or ValueError: a caller's bug
         self.status = status
@@ -232,7 +233,11 @@ class StatusEvent:
             if event_at is None:  # an event always has a time: now, if it came with none sane
                 event_at = event_time()
         self.event_at = event_at
-        self.started_at = None if started_at is None else storable_time(started_at)
+        if started_at is not None and (
+            type(started_at) is not float or not MIN_TIME <= started_at <= MAX_TIME
+        ):
+            started_at = storable_time(started_at)
+        self.started_at = started_at
         self.next_retry_at = None if next_retry_at is None else storable_time(next_retry_at)
         if progress is not None and (type(progress) is not int or not 0 <= progress <= 100):
             progress = _bounded_int(progress, 0, 100, None)
@@ -368,7 +373,7 @@ UpdateRow = tuple[Any, ...]
 _PLAIN_SIZE = 512
 
 
-def _name(value: Any) -> str:
+def storable_name(value: Any) -> str:
     """An identity text: storable, 1 to 255 characters (an empty one becomes ``?``)."""
     if type(value) is str and 0 < len(value) <= MAX_NAME_CHARS and value.isascii() and "\x00" not in value:
         return value

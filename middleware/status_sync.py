@@ -35,6 +35,7 @@ from .events import (
     clean_text,
     event_time,
     make_identity,
+    storable_name,
 )
 from .metrics import get_metrics
 from .storable import storable_text
@@ -47,6 +48,8 @@ OwnerExtractor = Callable[[Message[Any]], Owner | None]
 
 #: message option set on a tracked message when it is first enqueued
 SENT_OPTION = "status_sent"
+#: (owner, actor, queue) combinations whose checked texts a middleware keeps
+_MAX_NAMES = 10_000
 
 
 def owner_from_payload(message: Message[Any]) -> Owner | None:
@@ -177,6 +180,7 @@ class JobStatusMiddleware(Middleware):
         self.max_result_bytes = max_result_bytes
         self._local = _PerThread()
         self._tracked: dict[str, bool] = {}
+        self._names: dict[tuple[Any, ...], tuple[Owner, str, str]] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -204,10 +208,21 @@ class JobStatusMiddleware(Middleware):
                 extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": raw.message_id},
             )
             return None
-        # a delayed message sits on "<queue>.DQ": the row names the actor's queue
-        return make_identity(
-            raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), _seconds(raw.message_timestamp)
-        )
+        enqueued_at = _seconds(raw.message_timestamp)
+        if type(owner[0]) is not str or type(owner[1]) is not str:
+            return make_identity(raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), enqueued_at)
+        # owners and actors repeat from message to message: their checked form is kept
+        key = (owner[0], owner[1], raw.actor_name, raw.queue_name)
+        names = self._names.get(key)
+        if names is None:
+            if len(self._names) >= _MAX_NAMES:
+                self._names.clear()
+            # a delayed message sits on "<queue>.DQ": the row names the actor's queue
+            _, stored_owner, actor, queue, _ = make_identity(
+                "-", owner, raw.actor_name, q_name(raw.queue_name), None
+            )
+            names = self._names[key] = (stored_owner, actor, queue)
+        return (storable_name(raw.message_id), *names, enqueued_at)
 
     def _submit(self, identity: Identity | None, status: Status, attempt: int, **fields: Any) -> None:
         if identity is None:
