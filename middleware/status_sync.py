@@ -29,11 +29,11 @@ from .events import (
     Identity,
     Owner,
     Status,
-    clean_text,
     event_for,
     event_time,
 )
 from .metrics import get_metrics
+from .redaction import clean_text
 from .validation import add_throws
 from .writer import StatusWriter
 

@@ -37,9 +37,10 @@ from tenacity import (
 )
 
 from .errors import StoreError, TransientStoreError
-from .events import JobStart, Status, StatusEvent, active_event, redact
+from .events import JobStart, Status, StatusEvent, active_event
 from .metrics import SyncMetrics, get_metrics, observe_many
 from .outbox import RedisOutbox
+from .redaction import redact
 from .stores.base import Outcome, StatusStore
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import PermanentStoreError, TransientStoreError
-from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent, clean_text, redact
+from ..events import DEFAULT_MAX_RESULT_BYTES, StatusEvent
+from ..redaction import clean_text, redact
 from .base import APPLIED, Outcome, encode_batch
 
 if TYPE_CHECKING:

@@ -16,9 +16,8 @@ from middleware.events import (
     Owner,
     Status,
     StatusEvent,
-    clean_text,
-    redact,
 )
+from middleware.redaction import clean_text, redact
 
 from .conftest import make_event
 
