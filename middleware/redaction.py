@@ -8,23 +8,29 @@ Google, Hugging Face, npm, PyPI, SendGrid and Supabase keys, JWTs, PEM and PuTTY
 blocks, ``Authorization``/``Cookie`` header values of any scheme, URL passwords, and the value
 of anything named like a secret (``password``, ``passwd``, ``pwd``, ``secret``, ``token``,
 ``api_key``, ``access_key``, ``private_key``, ``service_role_key``, ...; ``PGPASSWORD=...`` as
-well) in ``k=v``, ``k: v``, ``"k": "v"`` and quoted forms, spaces and escapes included.
-``tests/unit/test_redaction.py`` is the catalogue, false positives included.
+well) in ``k=v``, ``k: v``, ``"k": "v"`` and quoted forms, spaces and escapes included. Not
+redacted: a secret in prose (``the password is hunter2``), after a command-line flag
+(``--password x``), or a token with neither a known prefix nor a name.
+``tests/unit/test_redaction.py`` is the catalogue, false positives and ambiguities included.
 
-Why not detect-secrets at run time (1.5.0, Apache-2.0; measured on this 2-core VM): it finds
-lines, not spans (each plugin yields the secret's text, which would then be searched for);
-its set misses half the catalogue (Anthropic, Google, ``sk_test_``, ``github_pat_``, every
-``Authorization`` scheme, the body of a PEM block, new OpenAI keys without the ``T3BlbkFJ``
-marker; 31 of 57 cases); importing it costs ~120 ms and ``requests``; and ``scan_line`` over
-all its plugins takes ~4 ms for a 200-character line, ~30 ms for 2,000 characters and ~120 ms
-for 8 KB (its keyword and entropy plugins), against ~8 µs, ~30 µs and ~0.1 ms here. It stays
-a test dependency: the catalogue test generates tokens from its plugins' patterns and checks
-that every one it detects is redacted here.
+Why not Yelp's detect-secrets at run time (1.5.0, May 2024, Apache-2.0; measured on this 2-core
+VM against the catalogue's 83 cases and 16 ordinary texts): its plugins detect lines, they do
+not give spans (each yields a value to search for, sometimes a piece: "ghp" for a GitHub
+token, a JWT without its signature, a PEM block's BEGIN line); its formats miss Anthropic,
+Google, ``sk_test_``, ``github_pat_``, OpenAI keys without their ``T3BlbkFJ`` marker and every
+``Authorization`` scheme. With every plugin it finds 78 of 83 but also flags 14 of the 16
+ordinary texts (its entropy plugins take UUIDs, digests and paths for secrets); without them,
+18 of 83. It imports in ~70 ms (with ``requests``); ``scan_line`` takes 0.65 ms for a
+200-character line, 8 ms for 2,000 characters, 30 ms for 8 KB (0.2, 1.9, 7 ms without
+entropy). It stays a test dependency: the catalogue generates tokens from its plugins'
+patterns and checks that what they detect is redacted here.
 
-Cost (median on this VM): ~8 µs for a 200-character traceback line, ~30 µs for a 2,000-character
-message with a few secrets. Patterns are linear (bounded repeats, no nested quantifiers) and
-``clean_text`` looks at ``WINDOW_FACTOR`` times its limit at most, so a megabyte of hostile text
-costs a few milliseconds. Redaction never raises: on any failure the whole text is replaced.
+Cost here (median): 4 µs for a 200-character traceback line, 45-50 µs for a 2,000-character
+message, 0.18 ms for 8 KB; 5 ms to compile at import. Every pattern runs in linear time (no
+ambiguous repeats; what precedes a name or a token is checked in Python, not by
+backtracking); ``clean_text`` redacts ``WINDOW_FACTOR`` times its limit at most, so a megabyte
+of hostile text costs it under 1 ms (``redact`` on the whole megabyte: 10-60 ms).
+Neither function raises: should anything fail, the whole text is replaced.
 """
 
 from __future__ import annotations
