@@ -51,14 +51,18 @@ def _fail(command: str, message: str, code: int) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     import psycopg
 
+    from middleware.conninfo import describe_conninfo
+
     from .migrate import MigrationError, migrate
 
-    settings = load_settings()
+    conninfo = load_settings().require_database_url()
     try:
-        applied = migrate(settings.require_database_url())
+        applied = migrate(conninfo)
     except psycopg.OperationalError as exc:
-        print(f"coursegen migrate: cannot reach the database ({type(exc).__name__})", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        where = describe_conninfo(conninfo)
+        return _fail(
+            "migrate", f"cannot reach the database at {where} ({type(exc).__name__})", EXIT_UNREACHABLE
+        )
     except MigrationError as exc:
         print(f"coursegen migrate: {exc}", file=sys.stderr)
         return EXIT_FAILED

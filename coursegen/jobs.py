@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from middleware.cancel import RedisCancelFlags
+from middleware.conninfo import check_conninfo, describe_conninfo
 from middleware.events import Status
 
 from .course import CourseRequest
@@ -232,7 +233,9 @@ class PostgresReader:
     """Reads rows with psycopg; one connection, opened on first use."""
 
     def __init__(self, conninfo: str, *, timeout: float = 5.0) -> None:
+        check_conninfo(conninfo)  # InvalidConninfoError (a ValueError) never quotes it
         self._conninfo = conninfo
+        self._where = describe_conninfo(conninfo)
         self._timeout = timeout
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
@@ -254,7 +257,7 @@ class PostgresReader:
                 return self._conn.execute(sql, params).fetchall()
             except psycopg.OperationalError as exc:
                 self._drop()
-                raise ServiceUnavailable("the database", type(exc).__name__) from exc
+                raise ServiceUnavailable(f"the database at {self._where}", type(exc).__name__) from exc
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from middleware.conninfo import check_conninfo
+
 logger = logging.getLogger(__name__)
 
 # Where the SQL is without a wheel: the repository's supabase/, next to this package.
@@ -113,7 +115,9 @@ def migrate(
 
     ``directory``: the migrations (default :func:`migrations_dir`). ``bootstrap``: apply the local
     Supabase base first; ``None`` means "when ``auth`` is missing".
+    An unusable ``conninfo`` raises :class:`~middleware.errors.InvalidConninfoError`.
     """
+    check_conninfo(conninfo)
     migrations = list_migrations(directory)
     base = bootstrap_file()
     done: list[str] = []

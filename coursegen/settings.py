@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,17 @@ class Settings(BaseSettings):
         description="seconds each pipeline stage waits, so that a demo can be watched; 0 in production",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Parsed as psycopg will, so that a bad one is a clear configuration error rather than
+        a driver error that quotes it (password included)."""
+        if value is not None:
+            from middleware.conninfo import check_conninfo
+
+            check_conninfo(value.get_secret_value())  # InvalidConninfoError: a ValueError
+        return value
+
     @model_validator(mode="after")
     def _check_store(self) -> Settings:
         if self.supabase_url and self.supabase_service_role_key is None:
@@ -124,7 +135,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(
+            f"{_variable(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+        )
         raise ConfigurationError(f"invalid configuration: {problems}") from None
 
 

@@ -63,6 +63,17 @@ class RejectedBatchError(PermanentStoreError):
     reason = "rejected_batch"
 
 
+class InvalidConninfoError(StatusSyncError, ValueError):
+    """A PostgreSQL connection string that cannot be used.
+
+    ``problem`` says what is wrong without quoting the string: it may hold a password.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"invalid PostgreSQL connection string: {problem}")
+
+
 class InvalidPayloadError(StatusSyncError, MiddlewareError, ValueError):
     """A message's payload does not match the model its actor declares (``payload_model``).
 

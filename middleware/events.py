@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 import time
 from json.encoder import encode_basestring as _json_string  # C; ensure_ascii=False
 from typing import Any, NamedTuple
@@ -43,47 +42,6 @@ MAX_ERROR_CHARS = 2000
 MAX_PROGRESS_MESSAGE_CHARS = 500
 #: results larger than this (encoded JSON) are replaced by a summary
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024
-
-# Things that look like credentials: JWTs (Supabase keys are JWTs), bearer and basic credentials,
-# secret keys, passwords in connection strings (an unencoded '@' in the password included), and
-# assignments of anything named like a secret (PGPASSWORD=..., "password": "...",
-# SUPABASE_SERVICE_ROLE_KEY=...).
-_SECRET_PATTERNS = (
-    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\bsb_(secret|publishable)_[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(?i)(://[^:/@\s]*:)[^\s/]+(@)"),
-    re.compile(
-        r"(?i)\b(\w*(?:password|passwd|pwd|secret|api[_-]?key|service[_-]?(?:role[_-]?)?key|token)[\"']?)"
-        r"(\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
-    ),
-)
-
-_URL_PASSWORD = _SECRET_PATTERNS[3]
-
-
-def redact(text: str) -> str:
-    """Blank out anything in ``text`` that looks like a key, token or password."""
-    for pattern in _SECRET_PATTERNS:
-        if pattern is _URL_PASSWORD:
-            text = pattern.sub(lambda m: f"{m.group(1)}[REDACTED]{m.group(2)}", text)
-        elif pattern.groups >= 2:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
-        elif pattern.groups == 1:
-            text = pattern.sub(lambda m: f"{m.group(1)} [REDACTED]", text)
-        else:
-            text = pattern.sub("[REDACTED]", text)
-    return text
-
-
-def clean_text(text: str, limit: int) -> str:
-    """Make ``text`` safe to store: valid UTF-8, no NUL bytes, secrets redacted, capped."""
-    if len(text) > 4 * limit:  # do not run the patterns over megabytes
-        text = text[: 4 * limit]
-    text = redact(text.replace("\x00", "")).encode("utf-8", "replace").decode("utf-8")
-    if len(text) > limit:
-        text = text[: limit - 13] + " [truncated]"
-    return text
 
 
 class Owner(NamedTuple):

@@ -32,12 +32,12 @@ from .events import (
     Owner,
     Status,
     StatusEvent,
-    clean_text,
     event_time,
     make_identity,
     storable_name,
 )
 from .metrics import get_metrics
+from .redaction import clean_text
 from .storable import storable_text
 from .validation import add_throws
 from .writer import StatusWriter

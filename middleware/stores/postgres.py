@@ -11,6 +11,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..conninfo import check_conninfo, describe_conninfo
 from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
 from ..events import StatusEvent, UpdateRow
 from .base import APPLIED, Outcome, encode_batch
@@ -51,7 +52,9 @@ class PostgresStatusStore:
 
     The pool is created on first use, so a store built before a fork opens its connections
     in the child. ``prepare_threshold=None`` keeps it working through Supabase's transaction
-    pooler (no server-side prepared statements).
+    pooler (no server-side prepared statements). ``conninfo`` is checked at once
+    (:class:`~middleware.errors.InvalidConninfoError`, which never quotes it); errors name the
+    host, never the password.
     """
 
     def __init__(
@@ -62,7 +65,9 @@ class PostgresStatusStore:
         timeout: float = 5.0,
         update_path: bool = True,
     ) -> None:
+        check_conninfo(conninfo)
         self._conninfo = conninfo
+        self._where = describe_conninfo(conninfo)
         self._max_connections = max_connections
         self._timeout = timeout
         #: off for good once the database turns out not to have job_status_update
@@ -119,13 +124,13 @@ class PostgresStatusStore:
                     payload = encode_batch([events[i] for i in rest])
                     answers = conn.execute(APPLY_SQL, (payload,)).fetchall()
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
+            raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
         except psycopg.Error as exc:
             if _transient(exc):
-                raise TransientStoreError(_describe(exc), reason=_reason_for(exc)) from exc
+                raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
             if _data_error(exc):
-                raise RejectedBatchError(_describe(exc)) from exc
-            raise PermanentStoreError(_describe(exc)) from exc
+                raise RejectedBatchError(_describe(exc, self._where)) from exc
+            raise PermanentStoreError(_describe(exc, self._where)) from exc
         except UnicodeError as exc:  # a text the driver cannot encode
             raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         outcomes = [Outcome(event.job_id, APPLIED) for event in events]
@@ -181,10 +186,11 @@ def _transient(exc: BaseException) -> bool:
     return sqlstate[:2] in _TRANSIENT_CLASSES
 
 
-def _describe(exc: BaseException) -> str:
-    """A message for logs: the error class and SQLSTATE, never the conninfo."""
+def _describe(exc: BaseException, where: str) -> str:
+    """A message for logs: the error class, the database's host and the SQLSTATE, never the
+    conninfo (libpq's own text may quote it; the server's primary message does not)."""
     sqlstate = getattr(exc, "sqlstate", None)
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     text = primary or type(exc).__name__
-    return f"{type(exc).__name__} ({sqlstate or 'no sqlstate'}): {text}"
+    return f"{type(exc).__name__} at {where} ({sqlstate or 'no sqlstate'}): {text}"

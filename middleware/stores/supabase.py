@@ -25,7 +25,8 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
-from ..events import StatusEvent, clean_text, redact
+from ..events import StatusEvent
+from ..redaction import clean_text, redact
 from .base import APPLIED, Outcome, encode_batch
 
 if TYPE_CHECKING:

@@ -1,16 +1,20 @@
 """The service-role key never leaks: not in logs (at DEBUG, with httpx's own records), exception
 messages, tracebacks, reprs or the metrics exposition; and an actor's error message is stored
-redacted and capped, whatever secrets it quotes.
+redacted and capped, whatever secrets it quotes. The database password never leaks either: not
+in the PostgreSQL store's logs and errors (psycopg's and psycopg_pool's records included), nor
+in what the `coursegen` commands print, even when DATABASE_URL is malformed.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -23,14 +27,17 @@ from dramatiq.middleware import AgeLimit
 from pydantic import SecretStr
 
 from coursegen.settings import Settings
-from middleware.errors import StoreError
+from middleware.errors import InvalidConninfoError, StoreError
 from middleware.events import MAX_ERROR_CHARS, Owner, Status, StatusEvent
 from middleware.outbox import RedisOutbox
 from middleware.status_sync import JobStatusMiddleware
+from middleware.stores.base import StatusStore
+from middleware.stores.postgres import PostgresStatusStore
 from middleware.stores.supabase import SupabaseStatusStore
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, mint_jwt, serve, service_key
+from tests.support.processes import BIN, app_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -67,9 +74,7 @@ def down_rest_url() -> Iterator[str]:
         yield url
 
 
-def run_writer(
-    store_factory: Callable[[], SupabaseStatusStore], events: list[StatusEvent], **kw: Any
-) -> None:
+def run_writer(store_factory: Callable[[], StatusStore], events: list[StatusEvent], **kw: Any) -> None:
     writer = StatusWriter(store_factory, flush_interval=0.01, sleep=lambda _s: None, **kw)
     for event in events:
         writer.submit(event)
@@ -247,3 +252,111 @@ def test_a_stored_error_message_is_redacted_and_capped(
     assert "[REDACTED]" in stored
     assert "db.internal:5432" in stored and "cache.internal" in stored, "context around secrets survives"
     assert len(stored) <= MAX_ERROR_CHARS
+
+
+# -- the database password ---------------------------------------------------------------------
+
+PASSWORD = "Pg-S3cret-Passw0rd"
+
+
+def database_urls(port: int) -> dict[str, str]:
+    """DATABASE_URL values with the password, for a server that is not there: well formed, with a
+    bad percent-escape (psycopg quotes the token), with an unencoded '@' (its tail becomes the
+    host, which psycopg names when it cannot resolve it)."""
+    return {
+        "unreachable": f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/app",
+        "bad-percent-escape": f"postgresql://app:{PASSWORD}%zz@127.0.0.1:{port}/app",
+        "unencoded-at": f"postgresql://app:{PASSWORD[:7]}@{PASSWORD[7:]}@127.0.0.1:{port}/app",
+    }
+
+
+def assert_no_password(text: str, where: str) -> None:
+    pieces = {PASSWORD[i : i + 5] for i in range(len(PASSWORD) - 4)}
+    shown = sorted(piece for piece in pieces if piece in text)
+    assert not shown, f"pieces of the password show in {where}: {shown}"
+
+
+@pytest.mark.parametrize("kind", ["unreachable", "bad-percent-escape", "unencoded-at"])
+def test_the_database_password_never_reaches_the_store_logs_or_errors(
+    kind: str, caplog: pytest.LogCaptureFixture, redis_url: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    conninfo = database_urls(port)[kind]
+    event = StatusEvent(
+        f"db-{uuid.uuid4()}", Status.ACTIVE, 1, Owner(str(uuid.uuid4()), str(uuid.uuid4())), "a", "q", 1.0
+    )
+
+    if kind == "unreachable":
+        store = PostgresStatusStore(conninfo, timeout=1)
+        with pytest.raises(StoreError) as caught:
+            store.apply([event])
+        store.close()
+        exc: BaseException = caught.value
+        assert f"127.0.0.1:{port}/app" in str(exc)  # the host, for whoever reads the logs
+    else:
+        with pytest.raises(InvalidConninfoError) as refused:
+            PostgresStatusStore(conninfo, timeout=1)
+        exc = refused.value
+    seen = [str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(exc.__cause__)]
+    assert_no_password("\n".join(seen), "an error")
+
+    # through the writer: retried, then spilled to the outbox (nothing lost), all of it logged
+    outbox = RedisOutbox(redis.Redis.from_url(redis_url))
+    before = outbox.depth()
+    run_writer(lambda: PostgresStatusStore(conninfo, timeout=1), [event], outbox=outbox, retry_attempts=2)
+    assert outbox.depth() == before + 1
+
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    text = "\n".join(
+        formatter.format(record) + repr(record.args) + repr(record.__dict__.get("exc_text"))
+        for record in caplog.records
+    )
+    if kind == "unreachable":  # psycopg_pool's own warnings were there to be checked
+        assert any(r.name == "psycopg.pool" and r.levelno == logging.WARNING for r in caplog.records)
+        assert f"127.0.0.1:{port}/app" in text
+    else:
+        assert "invalid PostgreSQL connection string" in text
+    assert "spilling" in text
+    assert_no_password(text, "the logs")
+
+
+def coursegen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "coursegen"), "--verbose", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["unreachable", "bad-percent-escape", "unencoded-at"])
+def test_the_commands_never_print_the_database_password(kind: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = app_env(DATABASE_URL=database_urls(port)[kind], REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    source = tmp_path / "notes.md"
+    source.write_text("# Notes\n\n" + "Bees make honey from nectar. " * 20, encoding="utf-8")
+    owner = ("--tenant", str(uuid.uuid4()), "--user", str(uuid.uuid4()))
+    commands = [
+        ("migrate",),
+        ("status", "some-job"),
+        ("watch", "some-job", "--timeout", "5"),
+        ("jobs",),
+        ("cancel", "some-job"),
+        ("submit", str(source), *owner),
+    ]
+    for args in commands:
+        done = coursegen(env, *args)
+        printed = done.stdout + done.stderr
+        assert_no_password(printed, f"coursegen {args[0]}")
+        lines = done.stderr.strip().splitlines()
+        assert lines and lines[-1].startswith(f"coursegen {args[0]}: "), printed
+        if kind == "unreachable":  # the class of the error and where, never the password
+            assert done.returncode == 3, printed
+            assert lines[-1].endswith(f"cannot reach the database at 127.0.0.1:{port}/app (OperationalError)")
+        else:
+            assert done.returncode == 2, printed
+            assert "DATABASE_URL: invalid PostgreSQL connection string" in lines[-1]

@@ -18,10 +18,9 @@ from middleware.events import (
     Owner,
     Status,
     StatusEvent,
-    clean_text,
-    redact,
 )
 from middleware.outbox import parse_entry
+from middleware.redaction import clean_text, redact
 from middleware.storable import MAX_DEPTH, MAX_TIME, MIN_TIME
 
 from .conftest import make_event
