@@ -205,7 +205,11 @@ class StatusEvent:
         )
         self.error_type = None if error_type is None else _text(error_type, MAX_ERROR_TYPE_CHARS)
         self.error_message = None if error_message is None else _text(error_message, MAX_ERROR_CHARS)
-        self.result_json = None if result is None else storable_json(result, max_result_bytes)
+        if result is not None:
+            result = storable_json(result, max_result_bytes)
+            if result == "null":  # NaN, infinity: absent, as None would be
+                result = None
+        self.result_json = result
 
     def __repr__(self) -> str:
         return (

@@ -78,7 +78,7 @@ def test_a_result_is_stored_with_what_json_cannot_carry_replaced(result: Any, st
 
     doc = decode(event.to_json())
 
-    assert doc["result"] == stored == event.result
+    assert doc.get("result") == stored == event.result  # a result that sanitizes to null is absent
     assert (doc["job_id"], doc["status"], doc["attempt"]) == ("job-1", "completed", 1)
 
 
