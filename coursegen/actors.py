@@ -76,7 +76,7 @@ def make_store_factory(settings: Settings, outbox: RedisOutbox) -> Any:
 
             assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
             return SupabaseStatusStore(
-                settings.supabase_url, settings.supabase_service_role_key, timeout=settings.store_timeout
+                settings.supabase_url, settings.supabase_service_role_key, timeout=settings.supabase_timeout
             )
         return OutboxStore(outbox)
 

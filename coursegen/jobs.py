@@ -301,10 +301,12 @@ class PostgresReader:
 
 
 class SupabaseReader:
-    """Reads rows through Supabase's REST API with the service-role key (bypasses RLS)."""
+    """Reads rows through Supabase's REST API with the service-role key or a secret key
+    (``sb_secret_...``; both bypass RLS). ``timeout`` stays above the API's statement_timeout
+    (8 s on Supabase), as for the status store: a cancel request is a write."""
 
     def __init__(
-        self, url: str, service_key: str, *, timeout: float = 5.0, http_client: httpx.Client | None = None
+        self, url: str, service_key: str, *, timeout: float = 10.0, http_client: httpx.Client | None = None
     ) -> None:
         self._url = url
         self._key = service_key
@@ -347,7 +349,9 @@ class SupabaseReader:
             raise ServiceUnavailable("Supabase", type(exc).__name__) from exc
         except APIError as exc:
             code = str(exc.code or "")
-            if code.startswith("PGRST00") or code.startswith(("08", "53", "57")):
+            # PostgREST's "database unreachable" codes, and the SQLSTATEs the status store
+            # retries (connection, rollback, resources, operator intervention, system, lock timeout)
+            if code.startswith(("PGRST00", "08", "40", "53", "57", "58", "55P03")):
                 raise ServiceUnavailable("Supabase", f"PostgREST {code}") from exc
             raise JobsError(f"Supabase refused the request ({code or 'no code'})") from exc
 
@@ -396,7 +400,7 @@ def reader_from_settings(settings: Settings) -> StatusReader:
         return SupabaseReader(
             settings.supabase_url,
             settings.supabase_service_role_key.get_secret_value(),
-            timeout=settings.store_timeout,
+            timeout=settings.supabase_timeout,
         )
     if kind == "postgres":
         return PostgresReader(settings.require_database_url(), timeout=settings.store_timeout)

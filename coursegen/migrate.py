@@ -11,10 +11,16 @@ The SQL is read with ``importlib.resources`` from ``coursegen/sql``, where every
 ``supabase/`` (``setup.py`` maps it there); an editable install or a source checkout has no
 ``coursegen/sql`` and reads the checkout's ``supabase/``. No SQL found is an error, never
 "up to date".
+
+PostgREST serves from a schema cache: a function a migration adds or changes is invisible to it
+(404 ``PGRST202``) until ``NOTIFY pgrst, 'reload schema'``. Hosted Supabase sends that from an
+event trigger on DDL; a self-hosted PostgREST may have none, so every run ends with the NOTIFY
+(harmless on plain PostgreSQL, where nobody listens).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -33,6 +39,8 @@ CHECKOUT_SQL = Path(__file__).resolve().parent.parent / "supabase"
 
 _NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x636F7572  # "cour": any constant shared by all coursegen migrate runs
+#: PostgREST's db-channel and the payload that reloads its schema cache
+_RELOAD_POSTGREST = "notify pgrst, 'reload schema'"
 
 
 class MigrationError(Exception):
@@ -152,11 +160,18 @@ def migrate(
                             (migration.version, migration.name, [sql]),
                         )
                 except psycopg.Error as exc:
+                    if done:  # what did apply must not stay invisible to PostgREST
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute(_RELOAD_POSTGREST)
                     raise MigrationError(
                         f"migration {migration.version}_{migration.name} failed: "
                         f"{exc.diag.message_primary or type(exc).__name__}"
                     ) from exc
                 done.append(migration.version)
+            # every run, not only one that applied something: a run that died between its last
+            # commit and this line leaves nothing to apply the next time
+            conn.execute(_RELOAD_POSTGREST)
+            logger.info("Asked PostgREST to reload its schema cache (NOTIFY pgrst).")
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return done

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     max_batch: int = Field(500, ge=1, le=5000)
     max_buffer: int = Field(20_000, ge=100)
     store_timeout: float = Field(5.0, gt=0, le=120)
+    supabase_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description=(
+            "seconds a request to Supabase's REST API may take; above the statement_timeout the "
+            "API runs under (8 s on Supabase), so that the database ends a slow write, rolled "
+            "back, before the client gives up not knowing whether it committed"
+        ),
+    )
     retry_attempts: int = Field(5, ge=1, le=50)
     retry_seconds: float = Field(5.0, gt=0, le=600)
     max_retries: int = Field(3, ge=0, le=100)

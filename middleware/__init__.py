@@ -10,6 +10,7 @@ This package never imports ``coursegen``.
 
 from .cancel import RedisCancelFlags
 from .errors import (
+    BatchTooLargeError,
     InvalidOwnerError,
     InvalidPayloadError,
     JobCancelled,
@@ -24,6 +25,7 @@ from .validation import PayloadValidation
 from .writer import StatusWriter
 
 __all__ = [
+    "BatchTooLargeError",
     "InvalidOwnerError",
     "InvalidPayloadError",
     "JobCancelled",

@@ -74,6 +74,24 @@ class InvalidConninfoError(StatusSyncError, ValueError):
         super().__init__(f"invalid PostgreSQL connection string: {problem}")
 
 
+class BatchTooLargeError(RejectedBatchError):
+    """The batch is too large for the store or for what stands in front of it; smaller ones pass.
+
+    A :class:`RejectedBatchError`, so the writer sends it in halves; an event too large on its
+    own is rejected (and replaced by a plain one that says why). ``events`` is the size of the
+    refused batch. Reasons: ``payload_too_large`` (HTTP 413 from a gateway), ``answer_truncated``
+    (the batch was applied but the answer was cut short, by PostgREST's ``db-max-rows``: the
+    events it does not name are of unknown fate), ``program_limit`` (SQLSTATE class 54, such as
+    a value too large to build).
+    """
+
+    reason = "payload_too_large"
+
+    def __init__(self, message: str, *, events: int, reason: str | None = None) -> None:
+        self.events = events
+        super().__init__(message, reason=reason)
+
+
 class InvalidPayloadError(StatusSyncError, MiddlewareError, ValueError):
     """A message's payload does not match the model its actor declares (``payload_model``).
 

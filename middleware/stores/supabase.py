@@ -9,6 +9,17 @@ The client's own timeout handling truncates a float to an int (0.5 s becomes 0),
 hands it an ``httpx.Client`` with an explicit ``httpx.Timeout``. PostgREST's error objects carry
 no HTTP status, so a response hook on that client remembers it. POST is never retried by the
 client: the writer's retries are the only ones.
+
+The database, not the client, must end a slow write: Supabase runs PostgREST's requests under
+the ``authenticator`` role's ``statement_timeout`` and ``lock_timeout`` (8 s; ``service_role``
+sets none of its own), so a statement cut there is rolled back and answered as an error. A
+client that gave up first could not tell whether the batch committed; hence a timeout above the
+server's (10 s by default).
+
+Only the events that did not apply come back, and the store asks PostgREST to count them
+(``Prefer: count=exact``): an answer cut short by ``db-max-rows`` (Supabase's "Max Rows") would
+otherwise read as "the rest applied". A short answer raises
+:class:`~middleware.errors.BatchTooLargeError` and the writer sends the batch in halves.
 """
 
 from __future__ import annotations
@@ -24,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
+from ..errors import (
+    BatchTooLargeError,
+    PermanentStoreError,
+    RejectedBatchError,
+    StoreError,
+    TransientStoreError,
+)
 from ..events import StatusEvent
 from ..redaction import clean_text, redact
 from .base import APPLIED, Outcome, encode_batch
@@ -39,7 +56,14 @@ RPC_FUNCTION = "job_status_apply"
 #: PostgREST's own codes for "the database is unreachable right now": could not connect (000),
 #: internal connection error (001), schema cache not loaded (002), pool acquisition timeout (003).
 _TRANSIENT_PGRST = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
+#: SQLSTATEs worth another try, as for the Postgres store: connection exceptions, transaction
+#: rollbacks (deadlock, serialization), insufficient resources, operator intervention (statement
+#: timeout, shutdown), system errors; and lock_not_available, which lock_timeout raises
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
 _MAX_DETAIL_CHARS = 300
+#: above the 8 s statement_timeout and lock_timeout Supabase sets on ``authenticator``
+DEFAULT_TIMEOUT = 10.0
 
 
 class SupabaseStatusStore:
@@ -49,7 +73,9 @@ class SupabaseStatusStore:
       url: the project URL (``https://<ref>.supabase.co``).
       service_key: the service-role key; kept as a ``SecretStr``, never shown in a repr, a log
         line or an error message.
-      timeout: seconds for connect, read, write and pool waits of the client this store creates.
+      timeout: seconds for connect, read, write and pool waits of the client this store creates;
+        keep it above the server's statement_timeout (8 s on Supabase), so that a slow write is
+        ended, and rolled back, by the database rather than abandoned by the client.
       http_client: an ``httpx.Client`` to use instead (tests hand one with their own transport);
         the store adds a response hook to it and leaves closing it to its owner.
     """
@@ -59,7 +85,7 @@ class SupabaseStatusStore:
         url: str,
         service_key: SecretStr | str,
         *,
-        timeout: float = 5.0,
+        timeout: float = DEFAULT_TIMEOUT,
         http_client: httpx.Client | None = None,
     ) -> None:
         self._url = url
@@ -125,12 +151,15 @@ class SupabaseStatusStore:
         # plain JSON values only.
         params = {"events": json.loads(encode_batch(events))}
         from postgrest.exceptions import APIError
+        from postgrest.types import CountMethod
 
         self._local.status = None
         try:
             # only the events that did not apply come back (a PostgREST filter on the function's
-            # rows): the usual answer is an empty array, not one object per event
-            response = self._get_client().rpc(RPC_FUNCTION, params).neq("outcome", APPLIED).execute()
+            # rows): the usual answer is an empty array, not one object per event; counted, so
+            # that rows held back by db-max-rows cannot pass for applied events
+            call = self._get_client().rpc(RPC_FUNCTION, params, count=CountMethod.exact)
+            response = call.neq("outcome", APPLIED).execute()
         except httpx.TimeoutException as exc:
             raise TransientStoreError(
                 f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
@@ -140,12 +169,41 @@ class SupabaseStatusStore:
                 f"cannot reach Supabase: {type(exc).__name__}: {self._clean(str(exc))}", reason="connection"
             ) from exc
         except APIError as exc:
-            raise self._error_for(getattr(self._local, "status", None), exc) from exc
-        return self._outcomes(events, response.data)
+            raise self._error_for(getattr(self._local, "status", None), exc, len(events)) from exc
+        rows, counted = response.data, response.count
+        if not isinstance(rows, list) or type(counted) is not int or not len(rows) <= counted <= len(events):
+            raise PermanentStoreError(
+                f"unexpected answer from {RPC_FUNCTION} for {len(events)} events: "
+                f"{type(rows).__name__} of {len(rows) if isinstance(rows, list) else '?'} rows, "
+                f"counted {counted!r}",
+                reason="bad_response",
+            )
+        if counted > len(rows):  # db-max-rows held rows back: their events' fate is unknown
+            raise BatchTooLargeError(
+                f"{RPC_FUNCTION} named {len(rows)} of the {counted} events (of {len(events)}) "
+                "that did not apply: the answer was cut short (PostgREST's db-max-rows)",
+                events=len(events),
+                reason="answer_truncated",
+            )
+        return self._outcomes(events, rows)
 
-    def _error_for(self, status: int | None, exc: Any) -> TransientStoreError | PermanentStoreError:
+    def _error_for(self, status: int | None, exc: Any, events: int) -> StoreError:
+        """Classified by the SQLSTATE when PostgREST passed one on, as the Postgres store does
+        (PostgREST's status says 500 for a deadlock and a bug alike, 400 for a data error and a
+        ``raise``), else by PostgREST's own code or the HTTP status (a gateway's answers carry
+        no code)."""
         code = str(exc.code or "")
         text = f"PostgREST answered HTTP {status or '?'} ({code or 'no code'}): {self._clean(exc.message)}"
+        if status == 413:  # a gateway's body limit
+            return BatchTooLargeError(text, events=events, reason="payload_too_large")
+        if _is_sqlstate(code):
+            if code in _TRANSIENT_SQLSTATES or code.startswith(_TRANSIENT_SQLSTATE_CLASSES):
+                return TransientStoreError(text, reason=_reason_for_sqlstate(code))
+            if code.startswith("54"):  # program_limit_exceeded and the like: smaller batches pass
+                return BatchTooLargeError(text, events=events, reason="program_limit")
+            if code.startswith(("22", "23")):  # the batch's content is to blame
+                return RejectedBatchError(text)
+            return PermanentStoreError(text)
         if code in _TRANSIENT_PGRST:
             return TransientStoreError(text, reason="connection")
         if status == 408:
@@ -186,3 +244,17 @@ class SupabaseStatusStore:
             http, self._http, self._client = self._http, None, None
         if http is not None:
             http.close()
+
+
+def _is_sqlstate(code: str) -> bool:
+    """A PostgreSQL error code (five characters), not PostgREST's ``PGRSTxxx`` nor an HTTP
+    status; ``PTxyz`` codes are raised to pick an HTTP status, so the status decides."""
+    return len(code) == 5 and code.isascii() and code.isalnum() and not code.startswith("PT")
+
+
+def _reason_for_sqlstate(code: str) -> str:
+    if code in ("57014", "55P03"):  # statement_timeout (or a cancel), lock_timeout
+        return "timeout"
+    if code.startswith("40"):
+        return "conflict"
+    return "connection"

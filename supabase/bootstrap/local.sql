@@ -26,6 +26,15 @@ $$;
 
 grant anon, authenticated, service_role to authenticator;
 
+-- The timeouts a Supabase project's API roles carry (a hosted project's `pg_roles.rolconfig`;
+-- https://supabase.com/docs/guides/database/postgres/timeouts). PostgreSQL applies
+-- authenticator's when PostgREST logs in; PostgREST applies the switched-to role's in each
+-- request's transaction. service_role sets none: it runs under authenticator's 8 s.
+alter role authenticator set statement_timeout = '8s';
+alter role authenticator set lock_timeout = '8s';
+alter role anon set statement_timeout = '3s';
+alter role authenticated set statement_timeout = '8s';
+
 create schema if not exists auth;
 grant usage on schema auth to anon, authenticated, service_role;
 grant usage on schema public to anon, authenticated, service_role;

@@ -35,7 +35,7 @@ from middleware.events import Owner, Status, StatusEvent, active_event
 from middleware.stores.base import APPLIED, Outcome
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
-from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, service_key
+from tests.support.postgrest import STAND_IN_URL, TEST_SECRET_KEY, PostgrestStandIn, service_key
 
 pytestmark = [pytest.mark.integration]
 
@@ -164,16 +164,19 @@ def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
         client.close()
 
 
+@pytest.mark.parametrize("key_kind", ["service_role JWT", "secret key"])
 def test_jobs_api_through_supabase_rest(
-    database_url: str, redis_url: str, three_jobs: tuple[Owner, dict[str, str]]
+    database_url: str, redis_url: str, three_jobs: tuple[Owner, dict[str, str]], key_kind: str
 ) -> None:
-    """status, list and cancel through the real supabase client and the PostgREST stand-in."""
+    """status, list and cancel through the real supabase client and the PostgREST stand-in,
+    with the legacy service_role key or a new secret key (the gateway maps it to service_role)."""
     owner, ids = three_jobs
     stand_in = PostgrestStandIn(database_url)
     http = httpx.Client(transport=stand_in)
+    key = service_key() if key_kind == "service_role JWT" else TEST_SECRET_KEY
     jobs = Jobs(
         Settings(redis_url=redis_url),
-        reader=SupabaseReader(STAND_IN_URL, service_key(), http_client=http),
+        reader=SupabaseReader(STAND_IN_URL, key, http_client=http),
     )
     try:
         running = jobs.status(ids["running"])

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
 from coursegen.migrate import MigrationError, applied_versions, list_migrations, migrate
+from tests.support.db import wait_for
+from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, service_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
 
@@ -108,3 +111,38 @@ def test_no_migrations_is_an_error_not_up_to_date(
             "select to_regnamespace('auth'), to_regnamespace('supabase_migrations')"
         ).fetchone()
     assert touched == (None, None), "nothing was applied, not even the local base"
+
+
+def test_migrate_makes_postgrest_reload_its_schema_cache(database_url: str, tmp_path: Path) -> None:
+    """PostgREST serves from a schema cache: a function a migration adds reaches the REST API
+    (here the stand-in, which reloads only on NOTIFY pgrst) because migrate sends the NOTIFY."""
+    staged = tmp_path / "migrations"
+    staged.mkdir()
+    for migration in list_migrations():
+        (staged / migration.path.name).write_text(migration.sql)
+    (staged / "29991231235959_rest_probe.sql").write_text(
+        "create function public.rest_probe() returns text language sql stable set search_path = ''\n"
+        "  as $$ select 'migrated' $$;\n"
+        "revoke all on function public.rest_probe() from public, anon, authenticated;\n"
+        "grant execute on function public.rest_probe() to service_role;\n"
+    )
+    stand_in = PostgrestStandIn(database_url)
+    key = service_key()
+    headers = {"apikey": key, "authorization": f"Bearer {key}"}
+    try:
+        with httpx.Client(transport=stand_in, base_url=f"{STAND_IN_URL}/rest/v1") as client:
+            before = client.post("/rpc/rest_probe", json={}, headers=headers)
+            assert (before.status_code, before.json()["code"]) == (404, "PGRST202")
+            loads = stand_in.schema_cache_loads
+
+            assert migrate(database_url, directory=staged) == ["29991231235959"]
+
+            wait_for(lambda: stand_in.schema_cache_loads > loads, timeout=10, what="PostgREST's reload")
+            after = client.post("/rpc/rest_probe", json={}, headers=headers)
+            assert (after.status_code, after.json()) == (200, "migrated")
+            # nothing left to apply: the NOTIFY goes out all the same (harmless)
+            loads = stand_in.schema_cache_loads
+            assert migrate(database_url, directory=staged) == []
+            wait_for(lambda: stand_in.schema_cache_loads > loads, timeout=10, what="PostgREST's reload")
+    finally:
+        stand_in.close()

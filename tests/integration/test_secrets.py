@@ -36,14 +36,24 @@ from middleware.stores.postgres import PostgresStatusStore
 from middleware.stores.supabase import SupabaseStatusStore
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
-from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, mint_jwt, serve, service_key
+from tests.support.postgrest import (
+    STAND_IN_URL,
+    TEST_SECRET_KEY,
+    PostgrestStandIn,
+    mint_jwt,
+    serve,
+    service_key,
+)
 from tests.support.processes import BIN, app_env
 
 pytestmark = [pytest.mark.integration]
 
 
 def fragments(key: str) -> list[str]:
-    """The key and its signature: neither may show anywhere."""
+    """The key and its signature (a JWT) or its random part (``sb_secret_<random>_<checksum>``):
+    none may show anywhere."""
+    if key.startswith("sb_"):
+        return [key, key.split("_")[2]]
     return [key, key.rsplit(".", 1)[-1]]
 
 
@@ -132,6 +142,31 @@ def test_the_key_never_reaches_the_logs_or_the_metrics(
         assert_hidden(secret, exposition, "the metrics")
 
 
+def test_a_secret_api_key_never_reaches_the_logs(
+    caplog: pytest.LogCaptureFixture, database_url: str, rest_url: str, down_rest_url: str, redis_url: str
+) -> None:
+    """A new-style secret key (not a JWT: supabase-py sends it as apikey and as bearer) works,
+    and shows nowhere, whether the batch lands, the database is down or the key is unknown."""
+    caplog.set_level(logging.DEBUG)
+    unknown = "sb_secret_" + "U" * 22 + "_0badc0de"
+    owner = create_owner(database_url)
+    good = StatusEvent(f"ok-{uuid.uuid4()}", Status.COMPLETED, 1, owner, "a", "q", 10.0, result={"n": 1})
+    run_writer(lambda: SupabaseStatusStore(rest_url, SecretStr(TEST_SECRET_KEY), timeout=5), [good])
+    assert fetch_rows(database_url, [good.job_id])[good.job_id]["status"] == "completed"
+    outbox = RedisOutbox(redis.Redis.from_url(redis_url))
+    for url, key in ((down_rest_url, TEST_SECRET_KEY), (rest_url, unknown)):
+        event = StatusEvent(f"no-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 11.0)
+        store = SupabaseStatusStore(url, key, timeout=5)
+        run_writer(lambda store=store: store, [event], outbox=outbox, retry_attempts=1)
+    assert outbox.depth() == 2
+
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s")
+    text = "\n".join(formatter.format(record) + repr(record.__dict__) for record in caplog.records)
+    assert "HTTP 401 (no code)" in text and "HTTP 503 (PGRST002)" in text
+    for secret in (TEST_SECRET_KEY, unknown):
+        assert_hidden(secret, text, "the logs")
+
+
 @pytest.fixture
 def stalled_url() -> Iterator[str]:
     release = threading.Event()
@@ -146,7 +181,19 @@ def stalled_url() -> Iterator[str]:
         release.set()
 
 
-@pytest.mark.parametrize("failure", ["unsigned", "database-down", "refused", "timeout", "anon-role"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "unsigned",
+        "database-down",
+        "refused",
+        "timeout",
+        "anon-role",
+        "unknown-secret-key",
+        "secret-key-database-down",
+        "secret-key-timeout",
+    ],
+)
 def test_errors_and_reprs_never_show_the_key(
     failure: str, database_url: str, rest_url: str, down_rest_url: str, stalled_url: str
 ) -> None:
@@ -157,6 +204,9 @@ def test_errors_and_reprs_never_show_the_key(
         "refused": (signed, f"http://127.0.0.1:{free_port()}"),
         "timeout": (signed, stalled_url),
         "anon-role": (mint_jwt("anon"), rest_url),
+        "unknown-secret-key": ("sb_secret_" + "K" * 22 + "_abcdef12", rest_url),
+        "secret-key-database-down": (TEST_SECRET_KEY, down_rest_url),
+        "secret-key-timeout": (TEST_SECRET_KEY, stalled_url),
     }[failure]
     store = SupabaseStatusStore(url, key, timeout=0.5)
     event = StatusEvent("job", Status.ACTIVE, 1, Owner(str(uuid.uuid4()), str(uuid.uuid4())), "a", "q", 1.0)

@@ -7,6 +7,7 @@ The state machine itself is proven on this store by tests/integration/test_state
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -14,13 +15,32 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
-from middleware.errors import PermanentStoreError, RejectedBatchError, StoreError, TransientStoreError
+from coursegen.settings import Settings
+from middleware.errors import (
+    BatchTooLargeError,
+    PermanentStoreError,
+    RejectedBatchError,
+    StoreError,
+    TransientStoreError,
+)
 from middleware.events import Owner, Status, StatusEvent
-from middleware.stores.supabase import SupabaseStatusStore
+from middleware.stores.supabase import DEFAULT_TIMEOUT, SupabaseStatusStore
+from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows
-from tests.support.postgrest import STAND_IN_URL, Call, PostgrestStandIn, anon_key, serve, service_key
+from tests.support.postgrest import (
+    STAND_IN_URL,
+    TEST_PUBLISHABLE_KEY,
+    TEST_SECRET_KEY,
+    Call,
+    PostgrestStandIn,
+    anon_key,
+    serve,
+    service_key,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -143,7 +163,8 @@ def test_database_down_behind_postgrest_is_transient() -> None:
         with pytest.raises(TransientStoreError) as caught:
             store.apply(events_for(Owner(str(uuid.uuid4()), str(uuid.uuid4())), 1))
     assert caught.value.reason == "connection"
-    assert "HTTP 503 (PGRST000)" in str(caught.value)
+    # PostgREST that could not load its schema cache answers PGRST002 (PGRST000 once loaded)
+    assert "HTTP 503 (PGRST002)" in str(caught.value)
     assert [c.status for c in stand_in.log] == [503]
 
 
@@ -165,14 +186,19 @@ def test_a_database_without_the_migrations_is_a_permanent_error(empty_database_u
     assert "HTTP 404 (PGRST202)" in str(caught.value)
 
 
-def _answering(status: int, body: object | str) -> httpx.Client:
+def _answering(status: int, body: object | str, content_range: str | None = None) -> httpx.Client:
     """A client whose server answers every request with ``status`` and ``body`` (a proxy, a
-    gateway, PostgREST under load: answers the stand-in cannot produce on demand)."""
+    gateway, PostgREST under load: answers the stand-in cannot produce on demand). An array
+    comes with the ``Content-Range`` PostgREST gives a counted answer, unless one is given."""
     content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    kind = "text/html" if isinstance(body, str) else "application/json"
+    headers = {"content-type": "text/html" if isinstance(body, str) else "application/json"}
+    if isinstance(body, list) and body:
+        headers["content-range"] = content_range or f"0-{len(body) - 1}/{len(body)}"
+    elif content_range:
+        headers["content-range"] = content_range
     return httpx.Client(
         transport=httpx.MockTransport(
-            lambda request: httpx.Response(status, content=content, headers={"content-type": kind})
+            lambda request: httpx.Response(status, content=content, headers=headers)
         )
     )
 
@@ -182,7 +208,22 @@ def _answering(status: int, body: object | str) -> httpx.Client:
     [
         (408, "<html>Request Timeout</html>", TransientStoreError, "http_408"),
         (429, {"message": "Too many requests"}, TransientStoreError, "http_429"),
-        (500, {"code": "XX000", "message": "internal error"}, TransientStoreError, "http_5xx"),
+        (500, {"code": "XX000", "message": "internal error"}, PermanentStoreError, "permanent"),
+        (500, {"code": "21000", "message": "more than one row returned"}, PermanentStoreError,
+         "permanent"),
+        (400, {"code": "P0001", "message": "raised by a function"}, PermanentStoreError, "permanent"),
+        (500, {"code": "57014", "message": "canceling statement due to statement timeout"},
+         TransientStoreError, "timeout"),
+        (500, {"code": "55P03", "message": "canceling statement due to lock timeout"},
+         TransientStoreError, "timeout"),
+        (500, {"code": "40P01", "message": "deadlock detected"}, TransientStoreError, "conflict"),
+        (503, {"code": "57P01", "message": "terminating connection due to administrator command"},
+         TransientStoreError, "connection"),
+        (503, {"code": "53300", "message": "too many connections"}, TransientStoreError, "connection"),
+        (500, {"code": "54000", "message": "total size of jsonb array elements exceeds the maximum"},
+         BatchTooLargeError, "program_limit"),
+        (503, {"code": "PT503", "message": "come back later"}, TransientStoreError, "http_5xx"),
+        (402, {"code": "PT402", "message": "pay first"}, PermanentStoreError, "permanent"),
         (502, "<html>Bad Gateway</html>", TransientStoreError, "http_5xx"),
         (503, {"code": "PGRST002", "message": "Could not query the database for the schema cache"},
          TransientStoreError, "connection"),
@@ -194,7 +235,8 @@ def _answering(status: int, body: object | str) -> httpx.Client:
          RejectedBatchError, "rejected_batch"),
         (401, {"code": "PGRST301", "message": "JWSError JWSInvalidSignature"}, PermanentStoreError,
          "permanent"),
-        (413, "<html>Payload Too Large</html>", PermanentStoreError, "permanent"),
+        (413, "<html>Payload Too Large</html>", BatchTooLargeError, "payload_too_large"),
+        (413, {"message": "Request Entity Too Large"}, BatchTooLargeError, "payload_too_large"),
     ],
 )  # fmt: skip
 def test_http_failures_are_sorted_into_transient_and_permanent(
@@ -210,18 +252,172 @@ def test_http_failures_are_sorted_into_transient_and_permanent(
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "content_range"),
     [
-        {"not": "a list"},
-        [{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}],  # was filtered out
-        [{"idx": 2, "job_id": "x", "outcome": "stale", "reason": None}],  # no such event
-        [{"idx": "1", "job_id": "x", "outcome": "stale", "reason": None}],
-        "<html>captive portal</html>",
+        ({"not": "a list"}, None),
+        ([{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}], None),  # was filtered out
+        ([{"idx": 2, "job_id": "x", "outcome": "stale", "reason": None}], None),  # no such event
+        ([{"idx": "1", "job_id": "x", "outcome": "stale", "reason": None}], None),
+        ("<html>captive portal</html>", None),
+        ([], None),  # not counted: nothing proves that every event applied
+        ([], "*/*"),
+        ([{"idx": 1, "job_id": "x", "outcome": "stale", "reason": None}], "0-0/*"),
+        ([], "*/2"),  # counted more events than the batch has
     ],
 )
-def test_an_answer_that_does_not_fit_the_batch_is_refused(body: object) -> None:
-    with _answering(200, body) as http:
+def test_an_answer_that_does_not_fit_the_batch_is_refused(body: object, content_range: str | None) -> None:
+    with _answering(200, body, content_range) as http:
         store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
         with pytest.raises(PermanentStoreError) as caught:
             store.apply(events_for(Owner(str(uuid.uuid4()), str(uuid.uuid4())), 1))
     assert caught.value.reason == "bad_response"
+
+
+# -- Supabase as it runs: db-max-rows, the gateway's body limit, timeouts, secret keys ---------
+
+
+def _rejected_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return sorted(r.job_id for r in caplog.records if getattr(r, "action", None) == "sync_rejected")
+
+
+def test_an_answer_cut_short_by_max_rows_is_never_taken_for_applied_events(database_url: str) -> None:
+    """Only the events that did not apply come back; with more of them than db-max-rows the
+    answer is cut short, and the missing ones must not pass for applied."""
+    stand_in = PostgrestStandIn(database_url, max_rows=2)
+    with httpx.Client(transport=stand_in) as http:
+        store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
+        nobody = Owner(str(uuid.uuid4()), str(uuid.uuid4()))  # every event is rejected
+        with pytest.raises(BatchTooLargeError) as caught:
+            store.apply(events_for(nobody, 5))
+        assert (caught.value.reason, caught.value.events) == ("answer_truncated", 5)
+        assert "2 of the 5 events" in str(caught.value)
+        two = store.apply(events_for(nobody, 2))  # within the limit: a whole answer
+        assert [o.outcome for o in two] == ["rejected", "rejected"]
+    stand_in.close()
+    assert [c.status for c in stand_in.log] == [206, 200]
+
+
+def test_the_writer_splits_a_batch_until_every_answer_is_whole(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="middleware.writer")
+    owner = create_owner(database_url)
+    good = events_for(owner, 3)
+    bad = events_for(Owner(str(uuid.uuid4()), owner.user_id), 4)  # unknown tenant: rejected
+    stand_in = PostgrestStandIn(database_url, max_rows=2)
+    with httpx.Client(transport=stand_in) as http:
+        writer = StatusWriter(
+            lambda: SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http),
+            flush_interval=60,
+            sleep=lambda _s: None,
+        )
+        for event in [*bad[:2], *good, *bad[2:]]:
+            writer.submit(event)
+        assert writer.flush(timeout=30) and writer.close(timeout=30)
+    stand_in.close()
+    assert _rejected_log(caplog) == sorted(e.job_id for e in bad)
+    rows = fetch_rows(database_url, [e.job_id for e in good + bad])
+    assert sorted(rows) == sorted(e.job_id for e in good)
+    assert 206 in [c.status for c in stand_in.log] and stand_in.log[-1].status == 200
+    assert not writer.degraded
+
+
+def test_a_gateway_413_makes_the_writer_send_smaller_batches(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = create_owner(database_url)
+    events = events_for(owner, 6)
+    one = len(json.dumps({"events": [json.loads(events[0].to_json())]}))
+    stand_in = PostgrestStandIn(database_url, max_body_bytes=2 * one + 200)  # two events fit
+    with serve(stand_in) as url:
+        store = SupabaseStatusStore(url, service_key())
+        with pytest.raises(BatchTooLargeError) as caught:
+            store.apply(events)
+        assert (caught.value.reason, caught.value.events) == ("payload_too_large", 6)
+        writer = StatusWriter(lambda: store, flush_interval=60, sleep=lambda _s: None)
+        for event in events:
+            writer.submit(event)
+        assert writer.flush(timeout=30) and writer.close(timeout=30)
+    stand_in.close()
+    rows = fetch_rows(database_url, [e.job_id for e in events])
+    assert {row["status"] for row in rows.values()} == {"completed"} and len(rows) == 6
+    statuses = [c.status for c in stand_in.log]
+    assert statuses[0] == 413 and set(statuses) == {413, 200}
+    assert all(c.role == "service_role" for c in stand_in.log if c.status == 200)
+    assert not writer.degraded
+
+
+@pytest.mark.parametrize(
+    ("setting", "sqlstate"),
+    [("lock_timeout", "55P03"), ("statement_timeout", "57014")],
+)
+def test_a_write_stuck_behind_a_lock_is_ended_by_the_database_not_the_client(
+    database_url: str, setting: str, sqlstate: str
+) -> None:
+    """Supabase's authenticator runs under an 8 s statement_timeout and lock_timeout; the
+    store's client waits longer, so a write stuck behind another session's lock comes back
+    as the database's error (rolled back, retried later), never as a client timeout that
+    leaves the outcome unknown. Here the server's limit is 0.3 s for the database of the test."""
+    owner = create_owner(database_url)
+    first = StatusEvent(f"job-{uuid.uuid4()}", Status.ACTIVE, 1, owner, "a", "q", 1000.0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("alter role authenticator in database {} set {} = '300ms'").format(
+                sql.Identifier(conn.info.dbname), sql.Identifier(setting)
+            )
+        )
+    stand_in = PostgrestStandIn(database_url)
+    with serve(stand_in) as url:
+        store = SupabaseStatusStore(url, service_key())  # its own client, the default timeout
+        assert store.apply([first])[0].outcome == "applied"
+        later = StatusEvent(first.job_id, Status.COMPLETED, 1, owner, "a", "q", 1005.0, result={"n": 1})
+        with psycopg.connect(database_url) as holder:  # another session holds the row
+            holder.execute("select 1 from public.job_status where job_id = %s for update", (first.job_id,))
+            with pytest.raises(TransientStoreError) as caught:
+                store.apply([later])
+            assert fetch_rows(database_url, [first.job_id])[first.job_id]["status"] == "active"
+        assert caught.value.reason == "timeout"
+        assert f"HTTP 500 ({sqlstate})" in str(caught.value)
+        assert store.apply([later])[0].outcome == "applied"  # the lock is gone: the retry lands
+        store.close()
+    stand_in.close()
+    assert fetch_rows(database_url, [first.job_id])[first.job_id]["status"] == "completed"
+
+
+def test_the_client_outwaits_the_servers_timeouts(database_url: str) -> None:
+    """The 8 s the bootstrap gives authenticator (as Supabase does) and the clients' defaults."""
+    authenticator = psycopg.conninfo.make_conninfo(database_url, user="authenticator", password="")
+    with psycopg.connect(authenticator) as conn:
+        limits = conn.execute(
+            "select extract(epoch from current_setting('statement_timeout')::interval), "
+            "extract(epoch from current_setting('lock_timeout')::interval)"
+        ).fetchone()
+    assert limits is not None and [float(x) for x in limits] == [8.0, 8.0]
+    server = max(float(x) for x in limits)
+    assert DEFAULT_TIMEOUT >= server + 2
+    assert Settings().supabase_timeout >= server + 2
+    assert SupabaseStatusStore(STAND_IN_URL, service_key())._timeout == DEFAULT_TIMEOUT
+
+
+def test_a_secret_api_key_writes_as_the_service_role(
+    stand_in: PostgrestStandIn, http: httpx.Client, database_url: str
+) -> None:
+    """supabase-py sends a non-JWT key as both apikey and bearer; the gateway swaps it for a
+    service_role JWT. A publishable key is the anon role, refused; a key the project does not
+    have is refused by the gateway."""
+    owner = create_owner(database_url)
+    store = SupabaseStatusStore(STAND_IN_URL, TEST_SECRET_KEY, http_client=http)
+    events = events_for(owner, 3)
+    assert {o.outcome for o in store.apply(events)} == {"applied"}
+    assert len(fetch_rows(database_url, [e.job_id for e in events])) == 3
+    assert stand_in.log == [Call("POST", "/rest/v1/rpc/job_status_apply", "service_role", 200)]
+
+    publishable = SupabaseStatusStore(STAND_IN_URL, TEST_PUBLISHABLE_KEY, http_client=http)
+    with pytest.raises(PermanentStoreError) as refused:
+        publishable.apply(events_for(owner, 1))
+    assert "HTTP 401 (42501)" in str(refused.value)
+    unknown = SupabaseStatusStore(STAND_IN_URL, "sb_secret_" + "Z" * 22 + "_12345678", http_client=http)
+    with pytest.raises(PermanentStoreError) as invalid:
+        unknown.apply(events_for(owner, 1))
+    assert (invalid.value.reason, "HTTP 401" in str(invalid.value)) == ("permanent", True)
+    assert "sb_secret_" not in str(invalid.value) + repr(unknown)

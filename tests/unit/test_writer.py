@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from middleware.errors import BatchTooLargeError
 from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.base import Outcome
 from middleware.writer import StatusWriter
@@ -369,3 +370,60 @@ def test_a_store_that_cannot_be_prepared_is_built_again_by_the_writer_thread(
     assert attempts == [threading.current_thread().name, WRITER_THREAD]
     assert len(store.batches) == 1
     assert any(r.__dict__.get("action") == "sync_prepare_failed" for r in caplog.records)
+
+
+class _SizeLimitedStore(RecordingStore):
+    """Refuses any batch of more than ``limit`` events as too large, as a gateway's 413 or a
+    truncated answer make the Supabase store do."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused: list[int] = []
+
+    def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        if len(events) > self.limit:
+            self.refused.append(len(events))
+            raise BatchTooLargeError("too large (test)", events=len(events))
+        return super().apply(events)
+
+
+def test_a_batch_too_large_is_sent_in_halves_until_it_passes(make_writer: WriterFactory) -> None:
+    store = _SizeLimitedStore(limit=2)
+    writer = make_writer(store)
+    events = [make_event(f"job-{i}", Status.COMPLETED, 1, event_at=100.0 + i) for i in range(7)]
+    for event in events:
+        writer.submit(event)
+    assert writer.flush(timeout=5)
+
+    assert sorted(e.job_id for e in store.events) == sorted(e.job_id for e in events)
+    assert all(len(batch) <= 2 for batch in store.batches)
+    assert store.refused == [7, 3, 4]  # 7 -> 3 + 4; 3 -> 1 + 2; 4 -> 2 + 2
+    assert not writer.degraded
+
+
+def test_an_event_too_large_on_its_own_is_rejected_and_replaced(make_writer: WriterFactory) -> None:
+    """One event over the gateway's limit cannot hold up the others, nor stay unwritten: it is
+    rejected, and a plain event of the same status (no result) says why."""
+
+    class RefusesResults(_SizeLimitedStore):
+        def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+            if any(event.result is not None for event in events):
+                self.refused.append(len(events))
+                raise BatchTooLargeError("413 (test)", events=len(events))
+            return super().apply(events)
+
+    store = RefusesResults(limit=100)
+    writer = make_writer(store)
+    big = make_event("job-big", Status.COMPLETED, 1, event_at=100.0, result={"text": "x" * 1000})
+    small = [make_event(f"job-{i}", Status.COMPLETED, 1, event_at=101.0 + i) for i in range(3)]
+    for event in [small[0], big, *small[1:]]:
+        writer.submit(event)
+    assert writer.flush(timeout=5)
+
+    written = {event.job_id: event for event in store.events}
+    assert sorted(written) == sorted(["job-big"] + [e.job_id for e in small])
+    replacement = written["job-big"]
+    assert (replacement.status, replacement.result) == (Status.COMPLETED, None)
+    assert "payload_too_large" in (replacement.error_message or "")
+    assert not writer.degraded
