@@ -1,7 +1,7 @@
 """The no-op tracked actor the throughput benchmark runs: `dramatiq benchmarks.bench_actors`.
 
-Uses coursegen's real broker wiring (coursegen.actors.build_broker via the module import), so
-sync on and off differ only by COURSEGEN_STATUS_SYNC.
+Uses coursegen's real broker wiring (coursegen.app.build_app, through the coursegen.actors
+import), so sync on and off differ only by COURSEGEN_STATUS_SYNC.
 """
 
 from __future__ import annotations

@@ -170,6 +170,7 @@ def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = Fal
             **os.environ,
             "REDIS_URL": redis_server.url,
             "DATABASE_URL": conninfo,
+            "COURSEGEN_STATUS_STORE": "postgres",  # this demo's database, whatever else is set
             "COURSEGEN_DEMO_PACE": str(pace),
         }
         log_path = root / "worker.log"
@@ -179,10 +180,11 @@ def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = Fal
         with log_path.open("wb") as log:
             worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-        os.environ.update({k: env[k] for k in ("REDIS_URL", "DATABASE_URL")})
         from .jobs import Jobs
+        from .settings import Settings
 
-        client = Jobs()
+        # other knobs (COURSEGEN_*) still come from the environment
+        client = Jobs(Settings(redis_url=redis_server.url, database_url=conninfo, store="postgres"))
         labels: dict[str, str] = {}
         for label, request in _requests(jobs):
             labels[client.submit(request)] = label

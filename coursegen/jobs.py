@@ -8,7 +8,9 @@
     jobs.cancel(job_id)              # CancelOutcome: requested, or the job had already finished
     jobs.list_jobs(user_id=...)      # the latest jobs, newest first
 
-``submit`` needs the broker only (``REDIS_URL``). Everything else reads the ``job_status`` rows:
+``submit`` needs the broker only (``REDIS_URL``): it sends through a broker built from the
+:class:`Jobs`' own settings (:func:`coursegen.app.build_app`), never through the global one that
+``coursegen.actors`` builds from the environment. Everything else reads the ``job_status`` rows:
 through Supabase's REST API when ``SUPABASE_URL`` (and the service-role key) is set, else
 straight from PostgreSQL with ``DATABASE_URL``. ``cancel`` also sets the flag the workers read on
 the broker's Redis (:class:`middleware.cancel.RedisCancelFlags`).
@@ -26,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import psycopg
@@ -39,6 +41,9 @@ from middleware.events import Status
 
 from .course import CourseRequest
 from .settings import ConfigurationError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .app import App
 
 logger = logging.getLogger(__name__)
 
@@ -433,8 +438,9 @@ def _check_uuid(name: str, value: str | None) -> str | None:
 class Jobs:
     """Submit, follow and cancel jobs with one configuration.
 
-    ``reader`` and ``cancel_flags`` default to what ``settings`` describes; both are created on
-    first use, so building a ``Jobs`` opens no connection.
+    ``reader`` and ``cancel_flags`` default to what ``settings`` describes; they and the app
+    that sends jobs (its broker and status writer) are created on first use, so building a
+    ``Jobs`` opens no connection. :meth:`close` releases them.
     """
 
     def __init__(
@@ -447,6 +453,7 @@ class Jobs:
         self.settings = settings if settings is not None else load_settings()
         self._reader = reader
         self._flags = cancel_flags
+        self._app: App | None = None
         self._lock = threading.Lock()
 
     @property
@@ -470,6 +477,16 @@ class Jobs:
                 self._flags = RedisCancelFlags(client)
             return self._flags
 
+    @property
+    def app(self) -> App:
+        """The broker (built from these settings) and actors that :meth:`submit` sends through."""
+        with self._lock:
+            if self._app is None:
+                from .app import build_app
+
+                self._app = build_app(self.settings)
+            return self._app
+
     def submit(self, request: CourseRequest | Mapping[str, Any], *, flush_timeout: float = 5.0) -> str:
         """Send a ``generate_course`` job; returns its id (``job_status.job_id``).
 
@@ -478,20 +495,19 @@ class Jobs:
         """
         import redis
 
-        from . import actors
-
         parsed = parse_request(request)
         if self.settings.status_store() != "outbox":  # the database is reachable: ask it first
             problem = self.reader.owner_problem(str(parsed.tenant_id), str(parsed.user_id))
             if problem is not None:
                 raise UnknownOwnerError(problem, str(parsed.tenant_id), str(parsed.user_id))
         payload = parsed.payload()
+        app = self.app
         try:
-            message = actors.generate_course.send(payload)
+            message = app.generate_course.send(payload)
         except redis.RedisError as exc:
             raise ServiceUnavailable("Redis", type(exc).__name__) from exc
         if flush_timeout > 0:
-            actors.status_middleware.writer.flush(timeout=flush_timeout)
+            app.flush(timeout=flush_timeout)
         return message.message_id
 
     def status(self, job_id: str) -> JobStatus:
@@ -582,9 +598,14 @@ class Jobs:
         return [JobStatus.from_row(row) for row in rows]
 
     def close(self) -> None:
+        """Write the statuses of the jobs submitted (the writer's last batches) and close
+        every connection."""
         with self._lock:
             reader, self._reader = self._reader, None
             flags, self._flags = self._flags, None
+            app, self._app = self._app, None
+        if app is not None:
+            app.close()
         if reader is not None:
             reader.close()
         if flags is not None:

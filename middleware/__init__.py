@@ -3,7 +3,9 @@
 Hooks turn a message's lifecycle into :class:`~middleware.events.StatusEvent` objects; a
 background :class:`~middleware.writer.StatusWriter` coalesces and batches them into a
 :class:`~middleware.stores.base.StatusStore`. The state machine itself lives in SQL
-(``supabase/migrations``); Python only reports what happened.
+(``supabase/migrations``); Python only reports what happened. :func:`install` puts the
+middleware on a broker, each in its place; :mod:`middleware.testing` is a pytest kit for an
+application's own actors.
 
 This package never imports ``coursegen``.
 """
@@ -11,10 +13,12 @@ This package never imports ``coursegen``.
 from .cancel import RedisCancelFlags
 from .errors import (
     BatchTooLargeError,
+    InstallError,
     InvalidOwnerError,
     InvalidPayloadError,
     JobCancelled,
     PermanentStoreError,
+    ProducerOnlyError,
     StatusSyncError,
     StoreError,
     TransientStoreError,
@@ -22,10 +26,12 @@ from .errors import (
 from .events import Owner, Status, StatusEvent
 from .status_sync import JobStatusMiddleware
 from .validation import PayloadValidation
+from .wiring import install
 from .writer import StatusWriter
 
 __all__ = [
     "BatchTooLargeError",
+    "InstallError",
     "InvalidOwnerError",
     "InvalidPayloadError",
     "JobCancelled",
@@ -33,6 +39,7 @@ __all__ = [
     "Owner",
     "PayloadValidation",
     "PermanentStoreError",
+    "ProducerOnlyError",
     "RedisCancelFlags",
     "Status",
     "StatusEvent",
@@ -40,4 +47,5 @@ __all__ = [
     "StatusWriter",
     "StoreError",
     "TransientStoreError",
+    "install",
 ]

@@ -27,6 +27,23 @@ class InvalidOwnerError(StatusSyncError, MiddlewareError, ValueError):
         super().__init__(f"cannot send {actor_name}: {problem}")
 
 
+class InstallError(StatusSyncError, ValueError):
+    """The status system's middleware cannot be installed on this broker as asked (see
+    :func:`middleware.install`)."""
+
+
+class ProducerOnlyError(StatusSyncError, MiddlewareError):
+    """This configuration may send jobs but not run them; a worker refuses to boot with it.
+
+    ``reason`` says what to configure. Subclasses ``MiddlewareError`` because Dramatiq logs and
+    ignores any other exception raised in ``before_worker_boot``; this one stops the worker.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class StoreError(StatusSyncError):
     """The status store could not apply a batch."""
 

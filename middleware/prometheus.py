@@ -1,7 +1,7 @@
 """Metrics of a fleet of worker processes through one endpoint, and exposition for producers.
 
-Workers (``dramatiq <module> --processes N``): add :class:`WorkerPrometheus` to the broker, right
-after the status middleware and before ``AgeLimit``. It wraps Dramatiq's own ``Prometheus``
+Workers (``dramatiq <module> --processes N``): ``middleware.install(broker, ..., metrics=True)``
+adds :class:`WorkerPrometheus` to the broker. It wraps Dramatiq's own ``Prometheus``
 middleware (no longer a default in Dramatiq 2.x) so that:
 
 * it boots in worker processes only (``after_process_boot``, which only the dramatiq CLI emits):
@@ -108,10 +108,10 @@ def _is_running_child(pid: int, parent: int) -> bool:
 class WorkerPrometheus(Middleware):
     """Dramatiq's ``Prometheus`` middleware, booted in worker processes only (see the module).
 
-    Place it right after the status middleware and before ``AgeLimit``. A message that a
-    middleware placed before it skips or fails before it starts (the status middleware skips
-    cancelled jobs) is counted as processed without leaving Dramatiq's in-progress gauge at -1,
-    which plain ``Prometheus`` would do.
+    :func:`middleware.install` places it. A message that a middleware placed before it skips
+    or fails before it starts (the status middleware skips cancelled jobs) is counted as
+    processed without leaving Dramatiq's in-progress gauge at -1, which plain ``Prometheus``
+    would do.
     """
 
     def __init__(self) -> None:

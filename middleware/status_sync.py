@@ -1,10 +1,8 @@
 """JobStatusMiddleware: Dramatiq hooks -> status events.
 
-Install it FIRST in the broker's middleware list (``broker.add_middleware(mw, before=AgeLimit)``
-or build the list yourself): before-hooks run in list order and after-hooks in reverse, so at
-index 0 it sees every message before another middleware can skip it, and sees every outcome
-after ``Retries`` has decided. Hooks only build an event and hand it to the writer; a failure in
-a hook is logged and counted, and never touches the job.
+Put it on a broker with :func:`middleware.install`, which places it first (see
+:mod:`middleware.wiring` for why). Hooks only build an event and hand it to the writer; a
+failure in a hook is logged and counted, and never touches the job.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ lets it through and enqueues nothing). A message that slips past (an old produce
 message) fails when a worker picks it up, with the same error, and is never retried: the class
 is added to the actor's ``throws``.
 
-Add it right after the status middleware (which must stay first), so that a payload failing at
-run time is seen as ``active`` and then ``failed``.
+:func:`middleware.install` adds it, after the status middleware.
 """
 
 from __future__ import annotations

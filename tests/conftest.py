@@ -138,6 +138,12 @@ def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
         drop_database(pg_admin_url, name)
 
 
+@pytest.fixture(scope="session")
+def status_postgres(pg_admin_url: str) -> str:
+    """The testing kit's server (coursegen.testing) is the session's: no second cluster."""
+    return pg_admin_url
+
+
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database with nothing in it."""

@@ -29,6 +29,7 @@ from middleware import (
     JobStatusMiddleware,
     PayloadValidation,
     RedisCancelFlags,
+    install,
     progress,
 )
 from middleware.events import Owner, Status, StatusEvent, active_event
@@ -275,10 +276,7 @@ def stub(redis_url: str) -> Iterator[tuple[StubBroker, RedisCancelFlags, Recorde
     broker = StubBroker(
         middleware=[AgeLimit(), TimeLimit(), Retries(min_backoff=10, max_backoff=20), CurrentMessage()]
     )
-    broker.add_middleware(
-        JobStatusMiddleware(writer, is_cancel_requested=flags.is_requested), before=AgeLimit
-    )
-    broker.add_middleware(PayloadValidation(), before=AgeLimit)
+    install(broker, JobStatusMiddleware(writer, is_cancel_requested=flags.is_requested))
     previous = dramatiq.broker.global_broker
     dramatiq.set_broker(broker)
     yield broker, flags, recorder

@@ -23,7 +23,6 @@ import prometheus_client
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit
 from pydantic import SecretStr
 
 from coursegen.settings import Settings
@@ -34,6 +33,7 @@ from middleware.status_sync import JobStatusMiddleware
 from middleware.stores.base import StatusStore
 from middleware.stores.postgres import PostgresStatusStore
 from middleware.stores.supabase import SupabaseStatusStore
+from middleware.wiring import install
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.postgrest import (
@@ -246,7 +246,7 @@ def tracked_broker(database_url: str) -> Iterator[tuple[StubBroker, StatusWriter
         lambda: SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http), flush_interval=0.01
     )
     broker = StubBroker()
-    broker.add_middleware(JobStatusMiddleware(writer), before=AgeLimit)
+    install(broker, JobStatusMiddleware(writer))
     broker.emit_after("process_boot")
     yield broker, writer
     broker.close()

@@ -1,4 +1,5 @@
-"""Fixtures of the unit suite: Dramatiq's StubBroker wired like production, a recording store.
+"""Fixtures of the unit suite: Dramatiq's StubBroker wired like production (``install()``), a
+recording store.
 
 Nothing here talks to a database (the outbox is on the session's real Redis). The store is a
 fake that records the batches the writer gives it and answers "applied" (it never decides
@@ -38,6 +39,7 @@ from middleware.metrics import get_metrics
 from middleware.outbox import RedisOutbox
 from middleware.status_sync import JobStatusMiddleware
 from middleware.stores.base import APPLIED, Outcome
+from middleware.wiring import install
 from middleware.writer import StatusWriter
 
 WRITER_THREAD = "job-status-writer"
@@ -197,7 +199,7 @@ class EnqueueSpy(Middleware):
 
 @dataclass
 class Harness:
-    """One StubBroker with the status middleware first, a SpyWriter and a RecordingStore."""
+    """One StubBroker wired through ``install()``, a SpyWriter and a RecordingStore."""
 
     broker: StubBroker
     writer: SpyWriter
@@ -273,10 +275,8 @@ def build_harness(
     if progress_interval is not None:
         middleware_options["progress_interval"] = progress_interval
     status = JobStatusMiddleware(writer, **middleware_options)
-    spy = EnqueueSpy()
     broker = StubBroker(
         middleware=[
-            status,  # FIRST: sees every message before anything can skip it
             AgeLimit(),
             TimeLimit(),
             ShutdownNotifications(),
@@ -284,9 +284,11 @@ def build_harness(
             Pipelines(),
             Retries(min_backoff=1, max_backoff=10, max_retries=max_retries),
             CurrentMessage(),
-            spy,
         ]
     )
+    install(broker, status)
+    spy = EnqueueSpy()
+    broker.add_middleware(spy)  # last: sees what every other middleware let through
     return Harness(broker=broker, writer=writer, store=store, middleware=status, enqueues=spy)
 
 
