@@ -129,7 +129,7 @@ $$;
 
 revoke all on function public.job_status_broadcast() from public, anon, authenticated;
 
--- one trigger per operation: a trigger with transition tables fires for one event only
+-- one trigger per operation: PostgreSQL takes transition tables only on a one-event trigger
 create trigger job_status_broadcast_insert
   after insert on public.job_status
   referencing new table as new_rows
