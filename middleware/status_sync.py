@@ -48,6 +48,8 @@ OwnerExtractor = Callable[[Message[Any]], Owner | None]
 SENT_OPTION = "status_sent"
 #: (owner, actor, queue) combinations whose checked texts a middleware keeps
 _MAX_NAMES = 10_000
+#: error_type of a job's final event when the real one could not be built (its row still ends)
+UNBUILDABLE_TYPE = "StatusEventUnbuildable"
 
 
 def owner_from_payload(message: Message[Any]) -> Owner | None:
@@ -94,13 +96,20 @@ def _attempt(retries: Any) -> int:
     return 1
 
 
+#: the name a class was created with (``type.__name__``'s own getter): a metaclass can make
+#: ``cls.__name__`` anything, or raise; this is always a str, valid UTF-8 without NUL
+_class_name = type.__dict__["__name__"].__get__
+
+
 def _error_fields(exception: BaseException) -> dict[str, str]:
+    """The error texts of a failed job's row. Never raises, whatever the exception does."""
     try:
-        text = str(exception)
-    except Exception:  # noqa: BLE001 - a __str__ that raises must still end the job's row
+        # an exact str: the methods of a str subclass that __str__ returned are never called
+        text = str.__str__(str(exception))
+    except BaseException:  # noqa: BLE001 - as traceback does: even a SystemExit from __str__
         text = "<unprintable exception>"
     return {
-        "error_type": type(exception).__name__[:255],
+        "error_type": _class_name(type(exception))[:255],
         "error_message": clean_text(text, MAX_ERROR_CHARS),
     }
 
@@ -404,8 +413,46 @@ class JobStatusMiddleware(Middleware):
                 )
             else:
                 self._submit(identity, Status.FAILED, state.attempt, started_at=state.started_at, **error)
-        except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
+        except BaseException as exc:  # noqa: BLE001 - hooks never fail the job, and a job always ends:
+            # whatever the result or exception did to the event, a plain one says how it ended
             self._hook_failed("after_process_message", message)
+            self._submit_plain(identity, state, message, exception, exc)
+
+    def _submit_plain(
+        self,
+        identity: Identity | None,
+        state: _AttemptState,
+        message: Message[Any],
+        exception: BaseException | None,
+        problem: BaseException,
+    ) -> None:
+        """The job's outcome without its result or error texts, saying why (see
+        :func:`~middleware.delivery.replacement_for`, which does the same for a rejected event)."""
+        retry_at = None
+        if exception is None:
+            status = Status.COMPLETED
+        elif isinstance(exception, JobCancelled):
+            status = Status.CANCELLED
+        elif state.retry_at is not None and not message.failed:
+            status, retry_at = Status.RETRYING, state.retry_at
+        else:
+            status = Status.FAILED
+        try:
+            self._submit(
+                identity,
+                status,
+                state.attempt,
+                started_at=state.started_at,
+                next_retry_at=retry_at,
+                error_type=UNBUILDABLE_TYPE,
+                error_message=f"the job's status event could not be built ({_class_name(type(problem))})",
+            )
+        except BaseException:  # nothing more to try; logged
+            logger.exception(
+                "Could not record how job %s ended.",
+                message.message_id,
+                extra={"action": "sync_hook_error", "reason": "hook", "job_id": message.message_id},
+            )
 
     def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
         state = self._local.state

@@ -44,6 +44,9 @@ _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(","
 # surrogate (the encoder passes them through with ensure_ascii=False)
 _UNSTORABLE_JSON = re.compile(r"\\u0000|[\ud800-\udfff]")
 _UNSTORABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+#: the name a class was created with (``type.__name__``'s own getter): a metaclass can make
+#: ``cls.__name__`` anything, or raise; this is always a str, valid UTF-8 without NUL
+_class_name = type.__dict__["__name__"].__get__
 
 
 def storable_text(text: Any, limit: int | None = None) -> str:
@@ -76,7 +79,8 @@ def storable_json(value: Any, max_bytes: int) -> str:
     bytes of UTF-8 or else a summary of it."""
     try:
         text = _ENCODER.encode(value)
-    except Exception:  # noqa: BLE001 - NaN, an object, too deep, a broken __iter__: walk it
+    except BaseException:  # noqa: BLE001 - NaN, an object, too deep, an items() that raises
+        # (even SystemExit: the result's own code runs here, in a hook): walk it
         text = None
     if text is not None and not _UNSTORABLE_JSON.search(text) and _shallow(text):
         return _capped(text, max_bytes)
@@ -86,8 +90,8 @@ def storable_json(value: Any, max_bytes: int) -> str:
         text = _ENCODER.encode(clean)
     except _TooLarge:
         return _summary(None, max_bytes, "larger than the walk allows")
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile value does, the event survives
-        return _ENCODER.encode({"_unstorable": True, "reason": storable_text(type(exc).__name__, 200)})
+    except BaseException as exc:  # noqa: BLE001 - whatever a hostile value does, the event survives
+        return _ENCODER.encode({"_unstorable": True, "reason": _class_name(type(exc))[:200]})
     return _capped(text, max_bytes)
 
 
@@ -99,9 +103,9 @@ def sanitize(value: Any, max_bytes: int = 1 << 30) -> Any:
 def _as_str(value: Any) -> str:
     try:
         text = str(value)
-    except Exception:  # noqa: BLE001 - a __str__ that raises
-        return f"<unprintable {type(value).__name__}>"
-    return text if type(text) is str else f"<unprintable {type(value).__name__}>"
+    except BaseException:  # noqa: BLE001 - a __str__ that raises, even SystemExit (as traceback does)
+        return f"<unprintable {_class_name(type(value))}>"
+    return text if type(text) is str else f"<unprintable {_class_name(type(value))}>"
 
 
 def _shallow(text: str) -> bool:
@@ -180,7 +184,7 @@ class _Walker:
             return [self.walk(item, depth + 1) for item in list(value)]
         if isinstance(value, set | frozenset):
             return [self.walk(item, depth + 1) for item in list(value)]
-        return f"<unstorable {storable_text(type(value).__name__, 100)}>"
+        return f"<unstorable {_class_name(type(value))[:100]}>"
 
     def _key(self, key: Any) -> str:
         # what json.dumps does with the keys it accepts; anything else is named by its type
@@ -196,7 +200,7 @@ class _Walker:
         if isinstance(key, float):
             number = float(key)
             return float.__repr__(number) if math.isfinite(number) else "null"
-        return f"<unstorable {storable_text(type(key).__name__, 100)}>"
+        return f"<unstorable {_class_name(type(key))[:100]}>"
 
 
 __all__ = ["MAX_DEPTH", "MAX_TIME", "MIN_TIME", "sanitize", "storable_json", "storable_text", "storable_time"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
 from middleware.events import Status
+from middleware.status_sync import UNBUILDABLE_TYPE
 
 from .conftest import Harness, owner_payload, wait_until
 
@@ -345,3 +347,134 @@ def test_worker_shutdown_flushes_what_is_buffered(make_harness: Any) -> None:
     assert harness.store.last(message.message_id).status is Status.COMPLETED
     assert harness.writer.buffered == 0
     assert harness.store.closed == 1
+
+
+class _NamedBy(type):
+    """Classes whose ``__name__`` is their ``_name``: a str with NUL, a number, or a raise."""
+
+    @property
+    def __name__(cls) -> Any:  # type: ignore[override]
+        name = cls.__dict__["_name"]
+        if name is None:
+            raise RuntimeError("no name")
+        return name
+
+
+class NulNamed(Exception, metaclass=_NamedBy):
+    _name = "Bad\x00Name\ud800"
+
+
+class NumberNamed(Exception, metaclass=_NamedBy):
+    _name = 12345
+
+
+class Unnamed(Exception, metaclass=_NamedBy):
+    _name = None
+
+
+class ExitOnStr(Exception):
+    def __str__(self) -> str:
+        raise SystemExit("__str__ refuses")
+
+
+class SneakyText(str):
+    """What a __str__ may return: a str whose methods raise."""
+
+    def replace(self, *args: Any) -> str:
+        raise RuntimeError("replace refuses")
+
+    def __getitem__(self, key: Any) -> str:
+        raise RuntimeError("slicing refuses")
+
+
+class SneakyStr(Exception):
+    def __str__(self) -> str:
+        return SneakyText("sneaky text")
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type", "error_message"),
+    [
+        (NulNamed("named badly"), "NulNamed", "named badly"),
+        (NumberNamed("named badly"), "NumberNamed", "named badly"),
+        (Unnamed("named badly"), "Unnamed", "named badly"),
+        (ExitOnStr(), "ExitOnStr", "<unprintable exception>"),
+        (SneakyStr(), "SneakyStr", "sneaky text"),
+    ],
+)
+def test_an_exception_that_fights_back_still_ends_the_job_failed(
+    harness: Harness, exception: BaseException, error_type: str, error_message: str
+) -> None:
+    """Its class's real name and what can be read of its text; the worker thread lives on."""
+
+    @harness.actor(max_retries=0)
+    def build_course(payload: dict[str, Any]) -> None:
+        raise exception
+
+    message = build_course.send(owner_payload())
+    harness.run()
+
+    failed = harness.store.last(message.message_id)
+    assert (failed.status, failed.error_type, failed.error_message) == (
+        Status.FAILED,
+        error_type,
+        error_message,
+    )
+    assert harness.worker is not None and all(thread.is_alive() for thread in harness.worker.workers)
+
+
+class ItemsExit(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise SystemExit("items() refuses")
+
+
+def test_a_result_whose_own_code_raises_a_base_exception_ends_the_job_completed(harness: Harness) -> None:
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> Any:
+        return {"inner": ItemsExit(a=1)}
+
+    message = build_course.send(owner_payload())
+    harness.run()
+
+    done = harness.store.last(message.message_id)
+    assert (done.status, done.result) == (Status.COMPLETED, {"_unstorable": True, "reason": "SystemExit"})
+
+
+def test_an_event_that_cannot_be_built_is_replaced_by_a_plain_one_of_the_same_outcome(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever breaks while the final event is built, the job's row still says how it ended:
+    completed, or retrying (then its next attempt goes on as usual)."""
+    import middleware.events
+    import middleware.status_sync
+
+    real = middleware.events.storable_json
+
+    def no_memory(value: Any, max_bytes: int) -> str:
+        if value == "the result":
+            raise MemoryError
+        return real(value, max_bytes)
+
+    def broken_error_fields(exception: BaseException) -> dict[str, str]:
+        raise RuntimeError("cannot read the error")
+
+    monkeypatch.setattr(middleware.events, "storable_json", no_memory)
+    monkeypatch.setattr(middleware.status_sync, "_error_fields", broken_error_fields)
+    calls: list[int] = []
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("first attempt fails")
+        return "the result"
+
+    message = build_course.send(owner_payload())
+    harness.run()
+
+    job_id = message.message_id
+    plain = [e for e in harness.writer.submitted_for(job_id) if e.error_type == UNBUILDABLE_TYPE]
+    assert [(e.status, e.attempt) for e in plain] == [(Status.RETRYING, 1), (Status.COMPLETED, 2)]
+    assert plain[0].next_retry_at is not None
+    assert plain[1].result is None and "MemoryError" in (plain[1].error_message or "")
+    assert harness.store.last(job_id).status is Status.COMPLETED

@@ -155,3 +155,34 @@ def test_storable_text_cuts_after_cleaning() -> None:
 )
 def test_storable_time(value: Any, expected: float | None) -> None:
     assert storable_time(value) == expected
+
+
+class ItemsExit(dict):  # type: ignore[type-arg]
+    """A dict whose own code raises a BaseException, not an Exception."""
+
+    def items(self) -> Any:
+        raise SystemExit("items() refuses")
+
+    def __iter__(self) -> Any:
+        raise SystemExit("__iter__ refuses")
+
+
+class _NoName(type):
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        raise RuntimeError("no name")
+
+
+class Nameless(metaclass=_NoName):
+    """An object whose class will not say its name and whose str() raises KeyboardInterrupt."""
+
+    def __str__(self) -> str:
+        raise KeyboardInterrupt
+
+
+def test_a_value_whose_own_code_raises_a_base_exception_is_summarized_not_raised() -> None:
+    assert sanitize(ItemsExit(a=1)) == {"_unstorable": True, "reason": "SystemExit"}
+    assert sanitize({"inner": [ItemsExit(a=1)]}) == {"_unstorable": True, "reason": "SystemExit"}
+    assert sanitize({"x": Nameless()}) == {"x": "<unstorable Nameless>"}
+    assert sanitize({Nameless(): 1}) == {"<unstorable Nameless>": 1}
+    assert storable_text(Nameless()) == "<unprintable Nameless>"
