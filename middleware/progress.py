@@ -29,6 +29,9 @@ def _status_middleware(broker: dramatiq.Broker) -> JobStatusMiddleware | None:
 def report(percent: int, message: str | None = None) -> bool:
     """Record the current job's progress (0..100). True when an event was produced.
 
+    A percent outside 0..100 is clamped; one that is not a finite number (NaN, a word) is
+    ignored and logged once per job: progress never fails the job.
+
     Raises :class:`~middleware.errors.JobCancelled` when the job was cancelled.
     """
     current = CurrentMessage.get_current_message()

@@ -8,6 +8,7 @@ failure in a hook is logged and counted, and never touches the job.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -89,6 +90,18 @@ def _seconds(milliseconds: Any) -> float | None:
     return None
 
 
+def _percent(value: Any) -> int | None:
+    """A progress percent as an int clamped to 0..100, or None when ``value`` is not a finite
+    number (NaN, infinity, a word). Anything ``float()`` takes counts: numpy's numbers, "50"."""
+    if isinstance(value, int):
+        return max(0, min(100, int(value)))
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0, min(100, int(number))) if math.isfinite(number) else None
+
+
 def _attempt(retries: Any) -> int:
     """The attempt a message's ``retries`` option makes (1 for the first run)."""
     if type(retries) is int and retries >= 0:
@@ -122,6 +135,7 @@ class _AttemptState:
 
     __slots__ = (
         "attempt",
+        "bad_progress",
         "cancel_checked_at",
         "cancelled",
         "fresh",
@@ -142,6 +156,7 @@ class _AttemptState:
         self.cancelled = False
         self.progress = -1
         self.progress_at = 0.0
+        self.bad_progress = False  # a percent that is not a number was reported (and logged)
         self.cancel_checked_at = 0.0
         self.fresh: Identity | None = None  # set by before_enqueue for after_enqueue
 
@@ -287,7 +302,16 @@ class JobStatusMiddleware(Middleware):
         state = self._local.state
         if state.job_id != message.message_id:
             return False
-        percent = max(0, min(100, int(percent)))
+        percent = _percent(percent) if type(percent) is not int or not 0 <= percent <= 100 else percent
+        if percent is None:  # progress is news, never a reason to fail the job: ignored
+            if not state.bad_progress:
+                state.bad_progress = True
+                logger.warning(
+                    "Progress of job %s ignored: the percent is not a finite number.",
+                    state.job_id,
+                    extra={"action": "sync_bad_progress", "job_id": state.job_id},
+                )
+            return False
         now = time.monotonic()
         if percent == state.progress or (percent < 100 and now - state.progress_at < self.progress_interval):
             return False
@@ -352,6 +376,7 @@ class JobStatusMiddleware(Middleware):
         state.cancelled = False
         state.retry_at = None
         state.progress, state.progress_at = -1, 0.0
+        state.bad_progress = False
         state.cancel_checked_at = time.monotonic()
         try:
             raw = _unwrapped(message)

@@ -103,3 +103,30 @@ def test_progress_outside_a_tracked_job_does_nothing(global_harness: Callable[..
 
     assert answers == [False]
     assert harness.writer.submitted == []
+
+
+def test_a_percent_that_is_not_a_number_is_ignored_and_the_job_goes_on(
+    global_harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = global_harness(progress_interval=0.0)
+    answers: list[bool] = []
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> str:
+        for percent in (float("nan"), float("inf"), "fifty", None, object()):
+            answers.append(progress.report(percent, "not a number"))  # type: ignore[arg-type]
+        answers.append(progress.report("60", "a number as text"))  # type: ignore[arg-type]
+        answers.append(progress.report(70.9))  # type: ignore[arg-type]
+        answers.append(progress.report(10**100))
+        return "done"
+
+    message = build_course.send(owner_payload())
+    harness.run()
+
+    assert answers == [False] * 5 + [True, True, True]
+    job_id = message.message_id
+    reported = [e.progress for e in harness.writer.submitted_for(job_id) if e.progress is not None]
+    assert reported == [60, 70, 100]
+    assert harness.store.last(job_id).status is Status.COMPLETED
+    ignored = [r for r in caplog.records if getattr(r, "action", None) == "sync_bad_progress"]
+    assert len(ignored) == 1  # once per job, however often it is called
