@@ -13,18 +13,17 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from coursegen.local import LocalPostgres
 from coursegen.migrate import migrate
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import app_env, dramatiq_worker, free_port, send_jobs
+from tests.support.scrape import Scrape, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -39,42 +38,6 @@ from prometheus_client import Counter, Gauge
 Counter("job_status_sync_events", "stale", ["status"]).labels("completed").inc(1000)
 Gauge("job_status_sync_queue_depth", "stale", multiprocess_mode="livesum").set(7)
 """
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class Scrape:
-    """One scrape of the endpoint, parsed with prometheus_client's own parser."""
-
-    def __init__(self, text: str) -> None:
-        self.samples: Samples = {}
-        self.types: dict[str, str] = {}
-        for family in text_string_to_metric_families(text):
-            self.types[family.name] = family.type
-            for sample in family.samples:
-                self.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-
-    def has(self, name: str) -> bool:
-        return any(key[0] == name for key in self.samples)
-
-    def value(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
-        wanted = set(labels.items())
-        return sum(v for (n, lbls), v in self.samples.items() if n == name and wanted <= set(lbls))
-
-    def buckets(self, name: str) -> list[tuple[float, float]]:
-        found = [
-            (float(dict(lbls)["le"]), v) for (n, lbls), v in self.samples.items() if n == f"{name}_bucket"
-        ]
-        return sorted(found)
-
-
-def scrape(port: int) -> Scrape | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return Scrape(response.read().decode())
-    except OSError:
-        return None
 
 
 def check_histogram(result: Scrape, name: str) -> list[tuple[float, float]]:

@@ -21,11 +21,15 @@ _PRODUCER = """
 import importlib, json, sys
 import coursegen.actors
 request = json.load(sys.stdin)
-module, _, name = request["actor"].partition(":")
-actor = getattr(importlib.import_module(module), name)
+actors = {}
 out = []
 for item in request["items"]:
     try:
+        spec = item["actor"]
+        if spec not in actors:
+            module, _, name = spec.partition(":")
+            actors[spec] = getattr(importlib.import_module(module), name)
+        actor = actors[spec]
         payload = item["payload"]
         if item.get("unserializable"):
             payload = {**payload, "blob": {1, 2, 3}}  # a set: not JSON
@@ -58,10 +62,22 @@ def send_jobs(
 
     ``unserializable`` adds a value JSON cannot carry to each payload.
     """
-    items = [{"payload": p, "options": options, "unserializable": unserializable} for p in payloads]
+    items = [
+        {"actor": actor, "payload": p, "options": options, "unserializable": unserializable} for p in payloads
+    ]
+    return _produce(env, items)
+
+
+def send_mixed(env: dict[str, str], jobs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Send jobs of several actors (``(module:actor, payload)`` pairs, in order) from one
+    producer process."""
+    return _produce(env, [{"actor": actor, "payload": payload, "options": {}} for actor, payload in jobs])
+
+
+def _produce(env: dict[str, str], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-c", _PRODUCER],
-        input=json.dumps({"actor": actor, "items": items}),
+        input=json.dumps({"items": items}),
         capture_output=True,
         text=True,
         env=env,
