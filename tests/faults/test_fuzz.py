@@ -30,7 +30,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,13 +187,14 @@ OVERSTAY_EXPECTED = _failed("TimeLimitExceeded", lambda m: True)
 
 @dataclass
 class Stack:
+    """One store under test: its kind, the database and Redis, the worker's environment, an owner."""
+
     kind: str
     db: str
     redis: str
     env: dict[str, str]
     owner: tuple[str, str]
     stand_in: PostgrestStandIn | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
 
     def payload(self, **fields: Any) -> dict[str, Any]:
         return {"tenant_id": self.owner[0], "user_id": self.owner[1], **fields}
@@ -273,10 +274,10 @@ def worker_processes(worker: Worker) -> set[tuple[int, float]]:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    """The worker's log records (see hostile_actors: FUZZ_LOG_RECORDS)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The worker's log records (see hostile_actors: FUZZ_LOG_RECORDS); some there must be."""
+    found = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert found, "the worker's records were kept"
+    return found
 
 
 def settled_metrics(port: int, jobs: int) -> Scrape:
@@ -350,15 +351,15 @@ def test_hostile_actors_beside_ordinary_jobs(stack: Stack, tmp_path: Path) -> No
         processes = worker_processes(worker)
         assert len(processes) == 2, "a worker process and the metrics server"
         # warm-up: the worker's first jobs pay for imports and connections, in neither run
-        warm = [item["job_id"] for item in send_mixed(env, ordinary[:2])]
+        warm = [item["job_id"] for item in send_mixed(stack.env, ordinary[:2])]
         wait_terminal(stack.db, warm, timeout=60, what="the warm-up jobs")
 
-        control_ids = [item["job_id"] for item in send_mixed(env, ordinary)]
+        control_ids = [item["job_id"] for item in send_mixed(stack.env, ordinary)]
         control = wait_terminal(stack.db, control_ids, timeout=60, what="the control run")
 
         # the same ordinary jobs again, interleaved with the hostile ones in one producer
         mixed = interleaved(hostile, ordinary)
-        sent = send_mixed(env, mixed)
+        sent = send_mixed(stack.env, mixed)
         assert all("job_id" in item for item in sent), [item for item in sent if "job_id" not in item]
         kinds = [actor for actor, _payload in mixed]
         ids = [item["job_id"] for item in sent]
@@ -500,11 +501,11 @@ def test_a_poisoned_outbox_during_an_outage_holds_up_no_good_entry(
         stopped = time.monotonic()
         during = [item["job_id"] for item in send_mixed(producer_env, course * 40)]
         wait_for(lambda: "spilling" in worker.log, timeout=30, what="the worker to spill to the outbox")
-        # among what waits: good entries before and after each bad one
-        pushed = [item["job_id"] for item in send_mixed(producer_env, course * 10)]
+        # among what waits: good entries ahead of the bad ones and behind them
+        ahead_of_poison = [item["job_id"] for item in send_mixed(producer_env, course * 10)]
         for raw, _reason in bad:
             outbox.rpush(DEFAULT_KEY, raw)
-        after = [item["job_id"] for item in send_mixed(producer_env, course * 10)]
+        behind_poison = [item["job_id"] for item in send_mixed(producer_env, course * 10)]
         assert outbox.llen(DEFAULT_KEY) > len(bad)
         # the outage lasts ~10 s, however fast the above went (its length is the scenario)
         time.sleep(max(0.0, stopped + 10 - time.monotonic()))
@@ -513,7 +514,7 @@ def test_a_poisoned_outbox_during_an_outage_holds_up_no_good_entry(
 
         # Every job converges within 30 s of the restart: without the poison it takes a few
         # seconds; entries that held up good ones made it 90 s in the review that found them.
-        every = before + during + pushed + after
+        every = before + during + ahead_of_poison + behind_poison
         converged = wait_terminal(url, every, timeout=30, what="every job after the restart")
         wait_for(lambda: outbox.llen(DEFAULT_KEY) == 0, timeout=30, what="the outbox to drain")
         metrics = wait_for(

@@ -20,7 +20,6 @@ from typing import Any
 import dramatiq
 
 from coursegen.actors import broker
-from middleware import progress
 
 from .hostile_shapes import SHAPES
 
@@ -38,13 +37,6 @@ def overstay(payload: dict[str, Any]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-@dramatiq.actor(broker=broker, queue_name=QUEUE, track_status=True, max_retries=0)
-def ordinary(payload: dict[str, Any]) -> dict[str, Any]:
-    """A plain tracked job, for the outage test: a progress report and a small result."""
-    progress.report(50, "halfway")
-    return {"ok": True, "n": payload.get("n")}
 
 
 class _RecordFile(logging.Handler):
