@@ -59,6 +59,14 @@ create function public.timeouts() returns jsonb language sql stable as $$
     'role', current_user, 'statement_timeout', current_setting('statement_timeout'),
     'lock_timeout', current_setting('lock_timeout'))
 $$;
+create function public.arrays(
+  texts text[], floats double precision[], states public.job_state[] default null,
+  grid integer[] default null, codes character[] default null
+) returns jsonb language sql immutable as $$
+  select pg_catalog.jsonb_build_object(
+    'texts', texts, 'floats', floats::text[], 'states', states, 'grid', grid,
+    'dims', pg_catalog.array_dims(grid), 'codes', codes)
+$$;
 revoke all on function public.fail_with(text, text) from public, anon;
 """
 
@@ -222,6 +230,46 @@ def test_named_arguments_defaults_and_result_shapes(http: tuple[httpx.Client, Po
     assert (missing.status_code, missing.json()["code"]) == (404, "PGRST202")
     assert stand_in.requests == 8
     assert stand_in.schema_cache_loads == 1, "the catalogue is read once, not per request"
+
+
+def test_array_arguments_bind_as_postgrest_binds_them(http: tuple[httpx.Client, PostgrestStandIn]) -> None:
+    """A JSON array becomes an array of the argument's type, each element through the element
+    type's input function (``json_to_record``): a JSON document for a text element travels as a
+    string, ``null`` is NULL, ``"NaN"`` a float; a nested JSON array is a further dimension. A
+    ``character`` argument is read as ``character varying`` (funcsSqlQuery), so it is not cut
+    to one character."""
+    client, _stand_in = http
+    answer = call(
+        client,
+        "arrays",
+        {
+            "texts": ["plain", None, '{"k": [1, 2]}'],
+            "floats": [1.5, None, "NaN", "-Infinity", 2],
+            "states": ["pending", "completed"],
+            "grid": [[1, 2], [3, 4]],
+            "codes": ["abc"],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "texts": ["plain", None, '{"k": [1, 2]}'],
+        "floats": ["1.5", None, "NaN", "-Infinity", "2"],
+        "states": ["pending", "completed"],
+        "grid": [[1, 2], [3, 4]],
+        "dims": "[1:2][1:2]",
+        "codes": ["abc"],
+    }
+    only_required = call(client, "arrays", {"texts": [], "floats": None})
+    assert only_required.json() == {
+        "texts": [],
+        "floats": None,
+        "states": None,
+        "grid": None,
+        "dims": None,
+        "codes": None,
+    }
+    not_a_state = call(client, "arrays", {"texts": [], "floats": [], "states": ["bogus"]})
+    assert (not_a_state.status_code, not_a_state.json()["code"]) == (400, "22P02")
 
 
 def test_the_rows_of_a_set_returning_function_are_filtered_like_a_tables(

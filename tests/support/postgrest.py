@@ -42,9 +42,20 @@ Reproduced:
   ``service_role``, keeps authenticator's), the role switched to, ``request.jwt.claims``,
   ``request.method``, ``request.path`` and ``request.headers``;
 * ``POST /rest/v1/rpc/<fn>``: named arguments from a JSON object, the function found in the
-  schema cache by name and argument names (arguments with defaults may be left out), values
-  converted like PostgREST's ``json_to_record``; set-returning functions answer a JSON array
-  (of objects for row types, of values for scalars), others a single value; ``void`` 204;
+  schema cache by name and argument names (arguments with defaults may be left out), bound as
+  PostgREST binds them (``Query/QueryBuilder.hs`` ``callPlanToQuery`` for named parameters and
+  a JSON body, ``Query/SqlFragment.hs`` ``fromJsonBodyF``): the body goes to the database as
+  one ``json`` parameter, ``json_to_record`` reads it once into a row whose columns are the
+  arguments, each declared with its type as ``SchemaCache.hs`` (``funcsSqlQuery``) spells it
+  (``type::regtype::text``: ``text[]``, ``double precision[]``, ``job_state[]``; ``character``
+  and ``bit`` as their ``varying`` kinds), and the function is called laterally with each
+  argument by name (``"job_ids" := pgrst_body."job_ids"``). So an argument of an array type
+  takes a JSON array, converted element by element through the element type's input function
+  (a JSON string ``"NaN"`` into ``double precision[]`` is NaN, ``null`` is NULL, an enum's label
+  is its value), and a JSON array nested inside is a further dimension, not a value (a JSON
+  document for a ``text[]`` element must travel as a string). Set-returning functions answer a
+  JSON array (of objects for row types, of values for scalars), others a single value (a scalar
+  in a subquery column ``pgrst_scalar``, as ``callIt`` does); ``void`` 204;
   the rows of a set-returning function of a row type filtered by ``?<col>=<op>.<value>`` and
   ordered/limited like a table's; unknown function 404 ``PGRST202``, ambiguous 300
   ``PGRST203``, bad JSON 400 ``PGRST102``;
@@ -145,7 +156,7 @@ def mint_jwt(
 
 
 def service_key(**claims: Any) -> str:
-    """The legacy service-role key (a JWT): bypasses RLS, may call ``job_status_apply``."""
+    """The legacy service-role key (a JWT): bypasses RLS, may call ``job_status_write``."""
     return mint_jwt("service_role", **claims)
 
 
@@ -797,21 +808,28 @@ def _call_sql(
     the total of the filtered rows."""
     function = sql.Identifier(schema, name)
     scalar = not fn.composite
-    alias = sql.SQL("_pgrst_call(pgrst_scalar)" if scalar else "_pgrst_call")
     if args:
+        # fromJsonBodyF: the body as one json parameter, its keys read once by json_to_record
+        # into the arguments' types; callPlanToQuery: the function called laterally with each
+        # argument by name
         source = sql.SQL(
-            "pg_catalog.json_to_record(%(body)s::json) as _pgrst_args({defs}), "
-            "lateral {fn}({call}) as {alias}"
+            "(select %(body)s::pg_catalog.json as json_data) as pgrst_payload, "
+            "lateral (select {names} from pg_catalog.json_to_record(pgrst_payload.json_data) "
+            "as _({defs}) limit 1) as pgrst_body, "
+            "lateral {call}"
         ).format(
+            names=sql.SQL(", ").join(sql.Identifier(a.name) for a in args),
             defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(a.name), a.type) for a in args),
-            fn=function,
-            call=sql.SQL(", ").join(
-                sql.SQL("{n} := _pgrst_args.{n}").format(n=sql.Identifier(a.name)) for a in args
+            call=_call_it(
+                function,
+                sql.SQL(", ").join(
+                    sql.SQL("{n} := pgrst_body.{n}").format(n=sql.Identifier(a.name)) for a in args
+                ),
+                scalar,
             ),
-            alias=alias,
         )
     else:
-        source = sql.SQL("{fn}() as {alias}").format(fn=function, alias=alias)
+        source = _call_it(function, sql.SQL(""), scalar)
     if not fn.retset:
         value = sql.SQL("_pgrst_call.pgrst_scalar" if scalar else "_pgrst_call")
         return sql.SQL("select pg_catalog.to_json({})::text, 1::bigint, null::bigint from {}").format(
@@ -835,6 +853,14 @@ def _call_sql(
         order=order,
         limit=_limit_sql(limit, offset),
     )
+
+
+def _call_it(function: sql.Composable, arguments: sql.Composable, scalar: bool) -> sql.Composable:
+    """``callIt``: a scalar (or set of scalars) in a subquery column ``pgrst_scalar``, a row type
+    as the function's own columns."""
+    if scalar:
+        return sql.SQL("(select {}({}) as pgrst_scalar) as _pgrst_call").format(function, arguments)
+    return sql.SQL("{}({}) as _pgrst_call").format(function, arguments)
 
 
 def _columns(request: httpx.Request) -> sql.Composable:

@@ -37,7 +37,7 @@ _ISOLATION = "default_transaction_isolation"
 
 @dataclass
 class Target:
-    """An input argument of a function."""
+    """An input argument of a function: its name, its type as PostgREST spells it in SQL."""
 
     name: str
     type: sql.Composable
@@ -84,11 +84,19 @@ def load_schema(conn: psycopg.Connection[Any], schemas: tuple[str, ...]) -> Sche
             "where n.nspname = any(%s) and p.prokind = 'f'",
             (list(schemas),),
         ).fetchall()
+        # an argument's type as funcsSqlQuery (SchemaCache.hs) spells it for json_to_record:
+        # ``type::regtype::text`` (``text[]``, ``double precision[]``, ``job_state[]``), the
+        # fixed-length character and bit types as their varying kinds (a value is then neither
+        # padded nor cut)
         type_names = dict(
             conn.execute(
-                "select t.oid, pg_catalog.json_build_array(n.nspname, t.typname) "
-                "from pg_catalog.pg_type t join pg_catalog.pg_namespace n on n.oid = t.typnamespace "
-                "where t.oid = any(%s)",
+                "select t.oid, case t.oid"
+                "  when 'bit'::pg_catalog.regtype then 'bit varying'"
+                "  when 'bit[]'::pg_catalog.regtype then 'bit varying[]'"
+                "  when 'character'::pg_catalog.regtype then 'character varying'"
+                "  when 'character[]'::pg_catalog.regtype then 'character varying[]'"
+                "  else t.oid::pg_catalog.regtype::text end "
+                "from pg_catalog.pg_type t where t.oid = any(%s)",
                 (sorted({oid for row in rows for oid in row[9]}),),
             ).fetchall()
         )
@@ -157,7 +165,7 @@ def _input_args(
     names: list[str],
     modes: list[str],
     types: list[int],
-    type_names: dict[int, list[str]],
+    type_names: dict[int, str],
 ) -> list[Target] | None:
     if modes:
         picked = [
@@ -171,7 +179,7 @@ def _input_args(
         return None
     first_default = len(picked) - ndefaults
     return [
-        Target(name, sql.Identifier(*type_names[oid]), i >= first_default)
+        Target(name, sql.SQL(type_names[oid]), i >= first_default)  # the catalogue's own spelling
         for i, (name, oid) in enumerate(picked)
     ]
 
