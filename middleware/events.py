@@ -300,17 +300,6 @@ class StatusEvent:
             size += len(self.result_json)
         return size
 
-    def update_row(self) -> UpdateRow | None:
-        """The event as one element of ``public.job_status_update``'s arrays, or None when it
-        goes through ``job_status_apply`` instead (a ``pending`` event usually creates its row)."""
-        if self.status is Status.PENDING:
-            return None
-        return (
-            self.job_id, self.status.value, self.attempt, self.progress, self.progress_message,
-            self.result_json, self.error_type, self.error_message, self.next_retry_at,
-            self.enqueued_at, self.started_at, self.event_at,
-        )  # fmt: skip
-
 
 def event_for(
     identity: Identity, status: Status, attempt: int, event_at: float, **fields: Any
@@ -324,11 +313,6 @@ def active_event(start: JobStart) -> StatusEvent:
     identity, attempt, started_at = start
     return StatusEvent.of(identity, Status.ACTIVE, attempt, started_at, started_at=started_at)
 
-
-#: one element of ``public.job_status_update``'s arrays, in its parameters' order: job_id,
-#: status, attempt, progress, progress_message, result (JSON text), error_type, error_message,
-#: next_retry_at, enqueued_at, started_at, event_at
-UpdateRow = tuple[Any, ...]
 
 #: :meth:`StatusEvent.size_bound` of an event without texts of its own: its keys and
 #: punctuation (~190 characters with every optional number present), and 24 per number

@@ -13,22 +13,18 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..conninfo import check_conninfo, describe_conninfo
 from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
-from ..events import StatusEvent, UpdateRow
-from .base import APPLIED, Outcome, encode_batch
+from ..events import StatusEvent
+from .base import Outcome, as_uuid, write, write_arrays
 
 logger = logging.getLogger(__name__)
 
-# Only the events that did not apply come back: in the usual batch that is none, and the writer
-# thread does not spend time reading hundreds of "applied" rows.
-APPLY_SQL = "select idx, outcome, reason from public.job_status_apply(%s::jsonb) where outcome <> 'applied'"
-
-# Events of jobs that have a row go first through job_status_update, as typed arrays (binary):
-# half the backend CPU of job_status_apply per event. The jobs it did not update go on to
-# job_status_apply, which inserts, or says why not.
-UPDATE_SQL = (
-    "select public.job_status_update(%b::text[], %b::text[]::public.job_state[], %b::int4[],"
-    " %b::int2[], %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[],"
-    " %b::float8[], %b::float8[])"
+# The one write: public.job_status_write takes the batch as typed arrays (binary), one element
+# per event, inserts the jobs without a row and updates the others, and answers with the events
+# that did not apply (and a count of those that did).
+WRITE_SQL = (
+    "select public.job_status_write(%b::text[], %b::text[]::public.job_state[], %b::int4[],"
+    " %b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::float8[], %b::int2[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[])"
 )
 
 # SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
@@ -45,10 +41,8 @@ def _reason_for(exc: BaseException) -> str:
 
 
 class PostgresStatusStore:
-    """Writes a batch with psycopg, usually in one statement: ``public.job_status_update`` for
-    the events of jobs that have a row (typed arrays, half the database CPU per event), then
-    ``public.job_status_apply`` for the rest, if any (new jobs, stale events, anything the
-    update path does not take). ``update_path=False`` sends everything to job_status_apply.
+    """Writes a batch with psycopg in one statement: ``public.job_status_write`` with the
+    events as typed arrays (binary), which answers for every event.
 
     The pool is created on first use, so a store built before a fork opens its connections
     in the child. ``prepare_threshold=None`` keeps it working through Supabase's transaction
@@ -63,15 +57,12 @@ class PostgresStatusStore:
         *,
         max_connections: int = 2,
         timeout: float = 5.0,
-        update_path: bool = True,
     ) -> None:
         check_conninfo(conninfo)
         self._conninfo = conninfo
         self._where = describe_conninfo(conninfo)
         self._max_connections = max_connections
         self._timeout = timeout
-        #: off for good once the database turns out not to have job_status_update
-        self.update_path = update_path
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
 
@@ -102,27 +93,16 @@ class PostgresStatusStore:
         self._get_pool()
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
-        if not events:
-            return []
-        rows: list[UpdateRow] = []
-        taken = bytearray(len(events))  # 1: the event is one of rows
-        if self.update_path:
-            candidates = [event.update_row() for event in events]
-            # a job goes one way whole: job_status_apply folds its events and reports them together
-            held = {event.job_id for event, row in zip(events, candidates, strict=True) if row is None}
-            for i, row in enumerate(candidates):
-                if row is not None and events[i].job_id not in held:
-                    rows.append(row)
-                    taken[i] = 1
+        return write(events, self._call) if events else []
+
+    def _call(self, events: Sequence[StatusEvent]) -> Any:
+        """``job_status_write``'s answer for ``events``: one statement."""
+        arrays: list[Any] = write_arrays(events)
+        arrays[3] = [as_uuid(text) for text in arrays[3]]  # owners in binary
+        arrays[4] = [as_uuid(text) for text in arrays[4]]
         try:
             with self._get_pool().connection() as conn:
-                updated = self._update(conn, rows) if rows else set()
-                # the rest: events the update path does not take, and the jobs it did not update
-                rest = [i for i, event in enumerate(events) if not (taken[i] and event.job_id in updated)]
-                answers = []
-                if rest:
-                    payload = encode_batch([events[i] for i in rest])
-                    answers = conn.execute(APPLY_SQL, (payload,)).fetchall()
+                row = conn.execute(WRITE_SQL, arrays).fetchone()
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
         except psycopg.Error as exc:
@@ -133,45 +113,13 @@ class PostgresStatusStore:
             raise PermanentStoreError(_describe(exc, self._where)) from exc
         except UnicodeError as exc:  # a text the driver cannot encode
             raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
-        outcomes = [Outcome(event.job_id, APPLIED) for event in events]
-        for idx, outcome, reason in answers:
-            i = rest[idx - 1]
-            outcomes[i] = Outcome(events[i].job_id, outcome, reason)
-        return outcomes
-
-    def _update(self, conn: psycopg.Connection[Any], rows: list[UpdateRow]) -> set[str]:
-        """The job ids of ``rows`` whose rows ``job_status_update`` wrote. Empty when it refused
-        a value (a text too long, a progress out of range, ...): job_status_apply then takes
-        every event, and rejects the bad one alone."""
-        try:
-            misses = conn.execute(UPDATE_SQL, update_params(rows)).fetchone()[0]  # type: ignore[index]
-        except psycopg.Error as exc:
-            if _transient(exc) or isinstance(exc, psycopg.OperationalError):
-                raise
-            if isinstance(exc, pg_errors.UndefinedFunction):
-                self.update_path = False
-                logger.warning(
-                    "public.job_status_update is missing (migrations not applied yet?); "
-                    "writing every status through job_status_apply.",
-                    extra={"action": "sync_update_path_off"},
-                )
-            return set()
-        written = {row[0] for row in rows}
-        written.difference_update(misses)
-        return written
+        return row[0] if row is not None else None
 
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-
-
-def update_params(rows: Sequence[UpdateRow]) -> list[list[Any] | None]:
-    """``UPDATE_SQL``'s parameters for these rows: one array per field, None for a field no
-    event has (psycopg dumps a list element by element in Python, and most of a final
-    status's twelve fields are empty)."""
-    return [None if column.count(None) == len(column) else list(column) for column in zip(*rows, strict=True)]
 
 
 def _data_error(exc: BaseException) -> bool:

@@ -1,9 +1,11 @@
 """SupabaseStatusStore: the official ``supabase`` client, one PostgREST RPC per batch.
 
 Production workers write statuses through Supabase's REST API with the service-role key:
-``POST /rest/v1/rpc/job_status_apply`` with ``{"events": [...]}``, answered by the same SQL
-function the Postgres store calls. The client is built on first use, so a store constructed
-before a fork opens its connections in the child.
+``POST /rest/v1/rpc/job_status_write`` with the batch as JSON arrays, one per parameter
+(``{"job_ids": [...], "statuses": [...], ...}``; PostgREST binds each to the function's typed
+array with ``json_to_record``), answered by the same SQL function the Postgres store calls,
+in one statement. The client is built on first use, so a store constructed before a fork opens
+its connections in the child.
 
 The client's own timeout handling truncates a float to an int (0.5 s becomes 0), so the store
 hands it an ``httpx.Client`` with an explicit ``httpx.Timeout``. PostgREST's error objects carry
@@ -16,15 +18,13 @@ sets none of its own), so a statement cut there is rolled back and answered as a
 client that gave up first could not tell whether the batch committed; hence a timeout above the
 server's (10 s by default).
 
-Only the events that did not apply come back, and the store asks PostgREST to count them
-(``Prefer: count=exact``): an answer cut short by ``db-max-rows`` (Supabase's "Max Rows") would
-otherwise read as "the rest applied". A short answer raises
-:class:`~middleware.errors.BatchTooLargeError` and the writer sends the batch in halves.
+The answer is one JSON object, not rows, so PostgREST's ``db-max-rows`` (Supabase's "Max Rows")
+cannot cut it short; it names every event that did not apply and counts the others, and the
+store checks that the two add up to the batch: no missing answer ever reads as "applied".
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -44,14 +44,14 @@ from ..errors import (
 )
 from ..events import StatusEvent
 from ..redaction import clean_text, redact
-from .base import APPLIED, Outcome, encode_batch
+from .base import REQUIRED_PARAMS, WRITE_FUNCTION, WRITE_PARAMS, Outcome, write, write_arrays
 
 if TYPE_CHECKING:
     from supabase import Client
 
 logger = logging.getLogger(__name__)
 
-RPC_FUNCTION = "job_status_apply"
+RPC_FUNCTION = WRITE_FUNCTION
 
 #: PostgREST's own codes for "the database is unreachable right now": could not connect (000),
 #: internal connection error (001), schema cache not loaded (002), pool acquisition timeout (003).
@@ -67,7 +67,7 @@ DEFAULT_TIMEOUT = 10.0
 
 
 class SupabaseStatusStore:
-    """Calls ``public.job_status_apply`` through PostgREST with the service-role key.
+    """Calls ``public.job_status_write`` through PostgREST with the service-role key.
 
     Parameters:
       url: the project URL (``https://<ref>.supabase.co``).
@@ -145,21 +145,23 @@ class SupabaseStatusStore:
         self._get_client()
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
-        if not events:
-            return []
-        # The project's encoder never emits NaN, lone surrogates or NUL; the client re-encodes
-        # plain JSON values only.
-        params = {"events": json.loads(encode_batch(events))}
+        return write(events, self._call) if events else []
+
+    def _call(self, events: Sequence[StatusEvent]) -> Any:
+        """``job_status_write``'s answer for ``events``: one round trip."""
+        # a field no event has is left out (the function's default is null); every value is
+        # JSON as it is (the event made its floats finite and its texts valid)
+        arrays = write_arrays(events)
+        params = {
+            name: array
+            for i, ((name, _attribute), array) in enumerate(zip(WRITE_PARAMS, arrays, strict=True))
+            if array is not None or i < REQUIRED_PARAMS
+        }
         from postgrest.exceptions import APIError
-        from postgrest.types import CountMethod
 
         self._local.status = None
         try:
-            # only the events that did not apply come back (a PostgREST filter on the function's
-            # rows): the usual answer is an empty array, not one object per event; counted, so
-            # that rows held back by db-max-rows cannot pass for applied events
-            call = self._get_client().rpc(RPC_FUNCTION, params, count=CountMethod.exact)
-            response = call.neq("outcome", APPLIED).execute()
+            response = self._get_client().rpc(RPC_FUNCTION, params).execute()
         except httpx.TimeoutException as exc:
             raise TransientStoreError(
                 f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
@@ -170,22 +172,9 @@ class SupabaseStatusStore:
             ) from exc
         except APIError as exc:
             raise self._error_for(getattr(self._local, "status", None), exc, len(events)) from exc
-        rows, counted = response.data, response.count
-        if not isinstance(rows, list) or type(counted) is not int or not len(rows) <= counted <= len(events):
-            raise PermanentStoreError(
-                f"unexpected answer from {RPC_FUNCTION} for {len(events)} events: "
-                f"{type(rows).__name__} of {len(rows) if isinstance(rows, list) else '?'} rows, "
-                f"counted {counted!r}",
-                reason="bad_response",
-            )
-        if counted > len(rows):  # db-max-rows held rows back: their events' fate is unknown
-            raise BatchTooLargeError(
-                f"{RPC_FUNCTION} named {len(rows)} of the {counted} events (of {len(events)}) "
-                "that did not apply: the answer was cut short (PostgREST's db-max-rows)",
-                events=len(events),
-                reason="answer_truncated",
-            )
-        return self._outcomes(events, rows)
+        except UnicodeError as exc:  # a text the client cannot encode
+            raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
+        return response.data
 
     def _error_for(self, status: int | None, exc: Any, events: int) -> StoreError:
         """Classified by the SQLSTATE when PostgREST passed one on, as the Postgres store does
@@ -215,22 +204,6 @@ class SupabaseStatusStore:
         if status in (400, 409):  # PostgREST's answers to data errors (SQLSTATE 22, 23) and bad JSON
             return RejectedBatchError(text)
         return PermanentStoreError(text)
-
-    def _outcomes(self, events: Sequence[StatusEvent], data: Any) -> list[Outcome]:
-        """Every event applied, but those the answer names (by their 1-based ``idx``)."""
-        outcomes = [Outcome(event.job_id, APPLIED) for event in events]
-        try:
-            for row in data:
-                idx, outcome = row["idx"], row["outcome"]
-                if type(idx) is not int or not 1 <= idx <= len(events) or outcome == APPLIED:
-                    raise ValueError(f"unexpected row {idx!r}/{outcome!r}")
-                outcomes[idx - 1] = Outcome(events[idx - 1].job_id, str(outcome), row.get("reason"))
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
-            raise PermanentStoreError(
-                f"unexpected answer from {RPC_FUNCTION} for {len(events)} events: {type(data).__name__}",
-                reason="bad_response",
-            ) from exc
-        return outcomes
 
     def _clean(self, text: Any) -> str:
         """Server or driver text made safe for a message: no key, nothing long."""

@@ -71,7 +71,7 @@ def test_worker_writes_status_through_supabase(
     calls = stand_in.log
     assert calls, "the rows came through the REST API"
     assert {(c.method, c.path, c.role, c.status) for c in calls} == {
-        ("POST", "/rest/v1/rpc/job_status_apply", "service_role", 200)
+        ("POST", "/rest/v1/rpc/job_status_write", "service_role", 200)
     }
     assert len(calls) <= 3 * len(ids), f"{len(calls)} requests for {len(ids)} jobs"
     assert key not in worker.log

@@ -396,7 +396,7 @@ def test_hostile_actors_beside_ordinary_jobs(stack: Stack, tmp_path: Path) -> No
     check_not_held_up(list(control.values()), beside)
     check_no_loss_no_degradation(metrics, log, records(record_file))
     if stack.stand_in is not None:  # every write went through the REST API, and was taken
-        assert {(c.path, c.status) for c in stack.stand_in.log} == {("/rest/v1/rpc/job_status_apply", 200)}
+        assert {(c.path, c.status) for c in stack.stand_in.log} == {("/rest/v1/rpc/job_status_write", 200)}
 
     by_shape = {
         payload.get("shape", "overstay"): every[job_id].seconds

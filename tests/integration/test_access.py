@@ -21,6 +21,7 @@ from postgrest.exceptions import APIError
 from psycopg import sql
 
 from middleware.events import Owner, Status, StatusEvent
+from middleware.stores.base import REQUIRED_PARAMS, WRITE_PARAMS
 from middleware.stores.postgres import PostgresStatusStore
 from tests.support.db import create_owner
 from tests.support.postgrest import (
@@ -109,7 +110,7 @@ def refused(conn: psycopg.Connection[Any], role: str, claims: dict[str, Any] | N
 
 WRITES = [
     "select * from public.job_status_apply('" + EVENTS + "'::jsonb)",
-    "select * from public.job_status_upsert('" + EVENTS + "'::jsonb)",
+    "select public.job_status_write('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
     "select public.job_status_purge(interval '1 day')",
     "insert into public.job_status (job_id, tenant_id, user_id, actor_name, queue_name, status, event_at) "
     "select 'forged', tenant_id, user_id, 'a', 'q', 'completed', now() from public.job_status limit 1",
@@ -184,12 +185,10 @@ def test_every_function_we_create_has_a_fixed_search_path(database_url: str) -> 
             "where p.pronamespace = 'public'::regnamespace "
             "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')"
         ).fetchall()
-    assert {name.split("(")[0] for name, _, _ in functions} >= {
-        "job_status_apply",
-        "job_status_upsert",
-        "job_status_update",
-        "job_status_purge",
-    }
+    names = {name.split("(")[0] for name, _, _ in functions}
+    assert names >= {"job_status_apply", "job_status_write", "job_status_purge"}
+    # the functions that held a copy of the transition rule are gone: job_status_write holds it
+    assert not names & {"job_status_upsert", "job_status_update"}
     assert [(name, config) for name, config, _ in functions if 'search_path=""' not in config] == []
     # security invoker everywhere, but for the one function that must read auth.users
     assert [name for name, _, definer in functions if definer] == ["job_owner_problem(uuid,uuid)"]
@@ -272,10 +271,12 @@ def test_the_anon_key_can_neither_call_the_status_function_nor_write(
     anon = supabase_client(http, anon_key())
     event = json.loads(StatusEvent("forged", Status.COMPLETED, 1, world.alice, "a", "q", 1.0).to_json())
 
+    arrays = {name: [event[attribute]] for name, attribute in WRITE_PARAMS[:REQUIRED_PARAMS]}
+    assert api_error(lambda: anon.rpc("job_status_write", arrays).execute()).code == "42501"
     assert api_error(lambda: anon.rpc("job_status_apply", {"events": [event]}).execute()).code == "42501"
     assert api_error(lambda: anon.table("job_status").insert({"job_id": "forged"}).execute()).code == "42501"
     assert api_error(lambda: anon.table("job_status").select("*").execute()).code == "42501"
-    assert [call.status for call in stand_in.log] == [401, 401, 401]
+    assert [call.status for call in stand_in.log] == [401, 401, 401, 401]
     assert {call.role for call in stand_in.log} == {"anon"}
 
 

@@ -1,4 +1,4 @@
-"""The SQL state machine (public.job_status_apply) against a real PostgreSQL.
+"""The SQL state machine (public.job_status_write) against a real PostgreSQL.
 
 Late, duplicated and reordered events must converge: for any permutation of a job's events,
 with duplicates, split into any batches, the row ends the same as when the events arrive in

@@ -1,5 +1,7 @@
-"""SupabaseStatusStore against the PostgREST stand-in and real sockets: one RPC per batch, a lazy
-client, an explicit float timeout, and failures sorted into transient and permanent ones.
+"""SupabaseStatusStore against the PostgREST stand-in and real sockets: one RPC per batch
+(job_status_write, the batch as JSON arrays), a lazy client, an explicit float timeout, an
+answer checked to account for every event, and failures sorted into transient, rejected and
+permanent ones.
 
 The state machine itself is proven on this store by tests/integration/test_state_machine.py.
 """
@@ -28,6 +30,7 @@ from middleware.errors import (
     TransientStoreError,
 )
 from middleware.events import Owner, Status, StatusEvent
+from middleware.stores.base import WRITE_PARAMS, write_arrays
 from middleware.stores.supabase import DEFAULT_TIMEOUT, SupabaseStatusStore
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows
@@ -81,7 +84,7 @@ def test_one_rpc_per_batch_and_no_io_before_the_first_batch(
 
     assert [o.job_id for o in outcomes] == [e.job_id for e in events]
     assert {o.outcome for o in outcomes} == {"applied"}
-    assert stand_in.log == [Call("POST", "/rest/v1/rpc/job_status_apply", "service_role", 200)]
+    assert stand_in.log == [Call("POST", "/rest/v1/rpc/job_status_write", "service_role", 200)]
     assert len(fetch_rows(database_url, [e.job_id for e in events])) == 50
     assert store.apply([]) == [] and stand_in.requests == 1
 
@@ -186,16 +189,11 @@ def test_a_database_without_the_migrations_is_a_permanent_error(empty_database_u
     assert "HTTP 404 (PGRST202)" in str(caught.value)
 
 
-def _answering(status: int, body: object | str, content_range: str | None = None) -> httpx.Client:
+def _answering(status: int, body: object | str) -> httpx.Client:
     """A client whose server answers every request with ``status`` and ``body`` (a proxy, a
-    gateway, PostgREST under load: answers the stand-in cannot produce on demand). An array
-    comes with the ``Content-Range`` PostgREST gives a counted answer, unless one is given."""
+    gateway, PostgREST under load: answers the stand-in cannot produce on demand)."""
     content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     headers = {"content-type": "text/html" if isinstance(body, str) else "application/json"}
-    if isinstance(body, list) and body:
-        headers["content-range"] = content_range or f"0-{len(body) - 1}/{len(body)}"
-    elif content_range:
-        headers["content-range"] = content_range
     return httpx.Client(
         transport=httpx.MockTransport(
             lambda request: httpx.Response(status, content=content, headers=headers)
@@ -229,8 +227,16 @@ def _answering(status: int, body: object | str, content_range: str | None = None
          TransientStoreError, "connection"),
         (504, {"code": "PGRST003", "message": "Timed out acquiring connection from connection pool."},
          TransientStoreError, "connection"),
-        (400, {"code": "22023", "message": "job_status_apply expects a JSON array of events"},
+        (400, {"code": "22023", "message": "job_status_write expects arrays of one length"},
          RejectedBatchError, "rejected_batch"),
+        (400, {"code": "22P02", "message": 'invalid input syntax for type uuid: "x"'},
+         RejectedBatchError, "rejected_batch"),
+        (400, {"code": "PGRST102", "message": "Empty or invalid json"}, RejectedBatchError,
+         "rejected_batch"),
+        (404, {"code": "PGRST202", "message": "Could not find the function"}, PermanentStoreError,
+         "permanent"),
+        (403, {"code": "42501", "message": "permission denied for function"}, PermanentStoreError,
+         "permanent"),
         (409, {"code": "23505", "message": "duplicate key value violates unique constraint"},
          RejectedBatchError, "rejected_batch"),
         (401, {"code": "PGRST301", "message": "JWSError JWSInvalidSignature"}, PermanentStoreError,
@@ -252,52 +258,58 @@ def test_http_failures_are_sorted_into_transient_and_permanent(
 
 
 @pytest.mark.parametrize(
-    ("body", "content_range"),
+    "body",
     [
-        ({"not": "a list"}, None),
-        ([{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}], None),  # was filtered out
-        ([{"idx": 2, "job_id": "x", "outcome": "stale", "reason": None}], None),  # no such event
-        ([{"idx": "1", "job_id": "x", "outcome": "stale", "reason": None}], None),
-        ("<html>captive portal</html>", None),
-        ([], None),  # not counted: nothing proves that every event applied
-        ([], "*/*"),
-        ([{"idx": 1, "job_id": "x", "outcome": "stale", "reason": None}], "0-0/*"),
-        ([], "*/2"),  # counted more events than the batch has
+        {"events": 1, "applied": 1},  # no lists
+        {"events": 1, "applied": 0, "stale": [], "rejected": []},  # one event unaccounted for
+        {"events": 2, "applied": 2, "stale": [], "rejected": []},  # another batch's answer
+        {"events": 1, "applied": 1, "stale": [1], "rejected": []},  # counted twice
+        {"events": 1, "applied": 0, "stale": [2], "rejected": []},  # no such event
+        {"events": 1, "applied": 0, "stale": ["1"], "rejected": []},
+        {"events": 1, "applied": 0, "stale": [], "rejected": [[1, None]]},
+        {"events": 1, "applied": "1", "stale": [], "rejected": []},
+        [{"idx": 1, "job_id": "x", "outcome": "applied", "reason": None}],  # job_status_apply's rows
+        [],
+        "<html>captive portal</html>",
     ],
 )
-def test_an_answer_that_does_not_fit_the_batch_is_refused(body: object, content_range: str | None) -> None:
-    with _answering(200, body, content_range) as http:
+def test_an_answer_that_does_not_account_for_every_event_is_refused(body: object) -> None:
+    """No event counts as applied for want of news: the answer must name or count each once."""
+    with _answering(200, body) as http:
         store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
         with pytest.raises(PermanentStoreError) as caught:
             store.apply(events_for(Owner(str(uuid.uuid4()), str(uuid.uuid4())), 1))
+    assert type(caught.value) is PermanentStoreError
     assert caught.value.reason == "bad_response"
 
 
 # -- Supabase as it runs: db-max-rows, the gateway's body limit, timeouts, secret keys ---------
 
 
+def _body_bytes(events: list[StatusEvent]) -> int:
+    """The size of the body the store sends for ``events`` (the arrays no event fills left out)."""
+    arrays = dict(zip((name for name, _attribute in WRITE_PARAMS), write_arrays(events), strict=True))
+    return len(json.dumps({name: array for name, array in arrays.items() if array is not None}))
+
+
 def _rejected_log(caplog: pytest.LogCaptureFixture) -> list[str]:
     return sorted(r.job_id for r in caplog.records if getattr(r, "action", None) == "sync_rejected")
 
 
-def test_an_answer_cut_short_by_max_rows_is_never_taken_for_applied_events(database_url: str) -> None:
-    """Only the events that did not apply come back; with more of them than db-max-rows the
-    answer is cut short, and the missing ones must not pass for applied."""
+def test_db_max_rows_cannot_cut_the_answer_short(database_url: str) -> None:
+    """job_status_write answers with one JSON value, not a row per event: PostgREST's db-max-rows
+    (Supabase's "Max Rows") leaves it whole, however many events did not apply."""
     stand_in = PostgrestStandIn(database_url, max_rows=2)
     with httpx.Client(transport=stand_in) as http:
         store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
         nobody = Owner(str(uuid.uuid4()), str(uuid.uuid4()))  # every event is rejected
-        with pytest.raises(BatchTooLargeError) as caught:
-            store.apply(events_for(nobody, 5))
-        assert (caught.value.reason, caught.value.events) == ("answer_truncated", 5)
-        assert "2 of the 5 events" in str(caught.value)
-        two = store.apply(events_for(nobody, 2))  # within the limit: a whole answer
-        assert [o.outcome for o in two] == ["rejected", "rejected"]
+        outcomes = store.apply(events_for(nobody, 5))
     stand_in.close()
-    assert [c.status for c in stand_in.log] == [206, 200]
+    assert [(o.outcome, o.reason) for o in outcomes] == [("rejected", "unknown_tenant")] * 5
+    assert [c.status for c in stand_in.log] == [200]
 
 
-def test_the_writer_splits_a_batch_until_every_answer_is_whole(
+def test_the_writer_writes_the_good_events_and_rejects_the_bad_in_one_round_trip(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="middleware.writer")
@@ -318,7 +330,7 @@ def test_the_writer_splits_a_batch_until_every_answer_is_whole(
     assert _rejected_log(caplog) == sorted(e.job_id for e in bad)
     rows = fetch_rows(database_url, [e.job_id for e in good + bad])
     assert sorted(rows) == sorted(e.job_id for e in good)
-    assert 206 in [c.status for c in stand_in.log] and stand_in.log[-1].status == 200
+    assert [(c.path, c.status) for c in stand_in.log] == [("/rest/v1/rpc/job_status_write", 200)]
     assert not writer.degraded
 
 
@@ -327,8 +339,7 @@ def test_a_gateway_413_makes_the_writer_send_smaller_batches(
 ) -> None:
     owner = create_owner(database_url)
     events = events_for(owner, 6)
-    one = len(json.dumps({"events": [json.loads(events[0].to_json())]}))
-    stand_in = PostgrestStandIn(database_url, max_body_bytes=2 * one + 200)  # two events fit
+    stand_in = PostgrestStandIn(database_url, max_body_bytes=_body_bytes(events[:2]))  # two events fit
     with serve(stand_in) as url:
         store = SupabaseStatusStore(url, service_key())
         with pytest.raises(BatchTooLargeError) as caught:
@@ -410,7 +421,7 @@ def test_a_secret_api_key_writes_as_the_service_role(
     events = events_for(owner, 3)
     assert {o.outcome for o in store.apply(events)} == {"applied"}
     assert len(fetch_rows(database_url, [e.job_id for e in events])) == 3
-    assert stand_in.log == [Call("POST", "/rest/v1/rpc/job_status_apply", "service_role", 200)]
+    assert stand_in.log == [Call("POST", "/rest/v1/rpc/job_status_write", "service_role", 200)]
 
     publishable = SupabaseStatusStore(STAND_IN_URL, TEST_PUBLISHABLE_KEY, http_client=http)
     with pytest.raises(PermanentStoreError) as refused:
@@ -421,3 +432,25 @@ def test_a_secret_api_key_writes_as_the_service_role(
         unknown.apply(events_for(owner, 1))
     assert (invalid.value.reason, "HTTP 401" in str(invalid.value)) == ("permanent", True)
     assert "sb_secret_" not in str(invalid.value) + repr(unknown)
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [("half\x00way", 400), ("lone \ud800 surrogate", None)],
+    ids=["nul", "surrogate"],
+)
+def test_a_text_that_cannot_travel_is_a_rejected_batch(
+    stand_in: PostgrestStandIn, http: httpx.Client, database_url: str, text: str, status: int | None
+) -> None:
+    """An event makes its texts storable when it is built; one changed afterwards (a bug) is the
+    batch's content to blame: a NUL reaches PostgreSQL, which refuses it (400), a lone surrogate
+    cannot even be encoded as UTF-8 by the client."""
+    owner = create_owner(database_url)
+    events = events_for(owner, 2)
+    events[1].error_message = text
+    store = SupabaseStatusStore(STAND_IN_URL, service_key(), http_client=http)
+    with pytest.raises(RejectedBatchError) as caught:
+        store.apply(events)
+    assert type(caught.value) is RejectedBatchError and caught.value.reason == "rejected_batch"
+    assert [c.status for c in stand_in.log] == ([status] if status else [])
+    assert fetch_rows(database_url, [e.job_id for e in events]) == {}

@@ -22,6 +22,7 @@ from middleware.events import (
 from middleware.outbox import parse_entry
 from middleware.redaction import clean_text, redact
 from middleware.storable import MAX_DEPTH, MAX_TIME, MIN_TIME
+from middleware.stores.base import WRITE_PARAMS, write_arrays
 
 from .conftest import make_event
 
@@ -244,7 +245,7 @@ def test_whatever_an_event_is_given_it_encodes_and_its_encodings_agree(
 ) -> None:
     """Whatever the hooks (or a hand-made message) hand over, the event holds storable values:
     its JSON is strict, UTF-8 without NUL, says what ``as_dict`` says, parses back through the
-    outbox's model, fits ``size_bound``, and the update path's row says the same."""
+    outbox's model, fits ``size_bound``, and the stores' arrays (job_status_write) say the same."""
     event = StatusEvent(
         job_id,
         status,
@@ -271,31 +272,32 @@ def test_whatever_an_event_is_given_it_encodes_and_its_encodings_agree(
         assert 1 <= len(value) <= 255
     for at in (event.event_at, event.enqueued_at, event.started_at, event.next_retry_at):
         assert at is None or MIN_TIME <= at <= MAX_TIME
-    row = event.update_row()
-    if status is Status.PENDING:
-        assert row is None
-        return
-    assert row is not None
-    fields = dict(zip(UPDATE_ROW_FIELDS, row, strict=True))
-    stored = fields.pop("result")
+    # what the stores send (job_status_write's arrays) is what the JSON says
+    arrays = write_arrays([event])
+    sent = {
+        attribute: column[0]
+        for (_name, attribute), column in zip(WRITE_PARAMS, arrays, strict=True)
+        if column
+    }
+    stored = sent.pop("result_json", None)
     assert (json.loads(stored) if stored is not None else None) == built.get("result")
-    assert fields == {name: built.get(name) for name in UPDATE_ROW_FIELDS if name != "result"}
+    assert sent == {key: value for key, value in built.items() if key != "result"}
 
 
-UPDATE_ROW_FIELDS = (
-    "job_id", "status", "attempt", "progress", "progress_message", "result", "error_type",
-    "error_message", "next_retry_at", "enqueued_at", "started_at", "event_at",
-)  # fmt: skip
-
-
-def test_the_update_path_takes_a_final_status_with_its_result() -> None:
-    event = completed_with({"modules": 3})
-    event.started_at = 1_800_000_000.0
-    row = event.update_row()
-    assert row is not None
-    assert row[:4] == ("job-1", "completed", 1, None)
-    assert json.loads(row[5]) == {"modules": 3}
-    assert row[-2:] == (1_800_000_000.0, 1_800_000_000.25)
+def test_the_write_arrays_carry_a_final_status_with_its_result_and_leave_out_absent_fields() -> None:
+    events = [completed_with({"modules": 3}), completed_with(None)]
+    events[0].started_at = 1_800_000_000.0
+    arrays = dict(zip((name for name, _attribute in WRITE_PARAMS), write_arrays(events), strict=True))
+    assert arrays["job_ids"] == ["job-1", "job-1"]
+    assert arrays["statuses"] == ["completed", "completed"]
+    assert arrays["attempts"] == [1, 1]
+    assert [json.loads(r) if r else r for r in arrays["results"]] == [{"modules": 3}, None]  # type: ignore[union-attr]
+    assert arrays["started_ats"] == [1_800_000_000.0, None]
+    assert arrays["event_ats"] == [1_800_000_000.25, 1_800_000_000.25]
+    # a field no event has is no array at all: the function's default (null) pads it
+    assert (
+        arrays["progresses"] is None and arrays["error_messages"] is None and arrays["next_retry_ats"] is None
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from middleware.events import Status, StatusEvent
 from middleware.outbox import RedisOutbox, parse_entry
 from middleware.status_sync import owner_from_payload
 from middleware.storable import MAX_DEPTH
-from middleware.stores.base import REJECTED, Outcome, encode_batch
+from middleware.stores.base import REJECTED, Outcome, write_arrays
 from middleware.writer import StatusWriter
 
 from .conftest import (
@@ -272,10 +272,11 @@ def test_a_failing_hook_is_logged_and_counted_and_the_job_completes(
 
 
 class EncodingStore(RecordingStore):
-    """Encodes each batch the way the real stores do (``encode_batch``) before recording it."""
+    """Encodes each batch the way the real stores do (``write_arrays``, as JSON for the Supabase
+    store) before recording it."""
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
-        encode_batch(events)
+        json.dumps(write_arrays(events), allow_nan=False).encode("utf-8")
         return super().apply(events)
 
 
