@@ -3,6 +3,7 @@ and leave the schema the rest of the system relies on."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -146,3 +147,59 @@ def test_migrate_makes_postgrest_reload_its_schema_cache(database_url: str, tmp_
             wait_for(lambda: stand_in.schema_cache_loads > loads, timeout=10, what="PostgREST's reload")
     finally:
         stand_in.close()
+
+
+def test_the_sane_times_migrations_repair_old_rows_then_validate(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """Rows written before the time constraints (the old functions accepted '-Infinity') are
+    clamped to the nearest bound, which keeps their place in the ordering, and the constraint,
+    added NOT VALID, is then validated: on a database with such rows the migrations apply."""
+    files = list_migrations()
+    staged = tmp_path / "migrations"
+    staged.mkdir()
+    before = [m for m in files if m.version < "20261205081000"]
+    for migration in before:
+        (staged / migration.path.name).write_text(migration.sql)
+    migrate(empty_database_url, directory=staged)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        owner = conn.execute(
+            "with o as (insert into public.organizations (name) values ('Acme') returning id),"
+            " u as (insert into auth.users (id, email) values (gen_random_uuid(), 'u@example.test')"
+            " returning id) select o.id, u.id from o, u"
+        ).fetchone()
+        assert owner is not None
+        rows = [
+            ("live", "active", "-infinity", None, "infinity", None),
+            ("done", "completed", "2026-12-01 00:00:00+00", "1970-01-01 00:00:00+00", None, "-infinity"),
+            ("fine", "active", "2026-12-01 00:00:00+00", "2026-12-01 00:00:00+00", None, None),
+        ]
+        for job, status, event_at, enqueued_at, next_retry_at, finished_at in rows:
+            conn.execute(
+                "insert into public.job_status (job_id, tenant_id, user_id, actor_name, queue_name, status,"
+                " event_at, enqueued_at, next_retry_at, finished_at)"
+                " values (%s, %s, %s, 'a', 'q', %s, %s, %s, %s, %s)",
+                (job, *owner, status, event_at, enqueued_at, next_retry_at, finished_at),
+            )
+    for migration in files[len(before) :]:
+        (staged / migration.path.name).write_text(migration.sql)
+    assert migrate(empty_database_url, directory=staged) == [m.version for m in files[len(before) :]]
+    with psycopg.connect(empty_database_url) as conn:
+        found = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                "select job_id, event_at, enqueued_at, next_retry_at, finished_at from public.job_status"
+            )
+        }
+        validated = conn.execute(
+            "select convalidated from pg_constraint where conname = 'job_status_times_check'"
+        ).fetchone()
+    low, high, day = (
+        datetime(year, month, 1, tzinfo=UTC) for year, month in ((2000, 1), (2200, 1), (2026, 12))
+    )
+    assert found == {
+        "live": (low, None, high, None),
+        "done": (day, low, None, low),
+        "fine": (day, day, None, None),
+    }
+    assert validated == (True,)
