@@ -104,6 +104,8 @@ class PostgresStatusStore:
             with self._get_pool().connection() as conn:
                 row = conn.execute(WRITE_SQL, arrays).fetchone()
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            if _disconnected(exc):
+                self._discard_pool()
             raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
         except psycopg.Error as exc:
             if _transient(exc):
@@ -114,6 +116,20 @@ class PostgresStatusStore:
         except UnicodeError as exc:  # a text the driver cannot encode
             raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         return row[0] if row is not None else None
+
+    def _discard_pool(self) -> None:
+        """Forget a pool that lost its database; the next call builds a new one.
+
+        psycopg_pool retries a failed connection with a doubling delay (1, 2, 4, 8, 16 s...),
+        so after an outage of half a minute a pool may wait a quarter of a minute more before
+        it tries again: a fresh pool connects at once. The old one is closed in the background
+        (closing waits for its threads)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            threading.Thread(
+                target=pool.close, kwargs={"timeout": 5.0}, name="job-status-pool-close", daemon=True
+            ).start()
 
     def close(self) -> None:
         with self._lock:
@@ -127,6 +143,15 @@ def _data_error(exc: BaseException) -> bool:
     content is to blame, not the database."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return sqlstate[:2] in ("22", "23") or isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """The database could not be reached (no connection in time, a connection lost or refused,
+    the server shutting down), as opposed to a statement cancelled or timed out."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return not sqlstate or sqlstate[:2] == "08" or sqlstate in ("57P01", "57P02", "57P03")
 
 
 def _transient(exc: BaseException) -> bool:
