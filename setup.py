@@ -16,7 +16,7 @@ setup(
     packages=[*find_namespace_packages(include=["coursegen*", "middleware*"]), "coursegen.sql"],
     package_dir={"coursegen.sql": "supabase"},
     package_data={
-        "coursegen": ["samples/*.md"],  # the demo's source material, read by coursegen.dev
+        "coursegen": ["samples/*.md"],  # the demo's source material, read by coursegen.demo
         "coursegen.sql": ["migrations/*.sql", "bootstrap/*.sql"],
     },
 )

@@ -49,7 +49,7 @@ import psutil
 import psycopg
 import redis
 
-from coursegen.local import LocalPostgres, LocalRedis
+from coursegen.embedded import LocalPostgres, LocalRedis
 from coursegen.migrate import migrate
 from tests.support.postgrest import PostgrestStandIn, serve, service_key
 

@@ -74,7 +74,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import run_demo
+    from .demo import run_demo
 
     return run_demo(args.workdir, jobs=args.jobs, pace=args.pace, keep=args.keep)
 

@@ -4,7 +4,7 @@ Registered as a pytest plugin (the ``pytest11`` entry point ``coursegen.testing`
 :mod:`middleware.testing`; nothing starts unless a test asks for ``status_database``. It lives
 here, not in ``middleware``, because what it needs is coursegen's: the schema (the migrations,
 applied by :func:`coursegen.migrate.migrate`) and the embedded server
-(:class:`coursegen.local.LocalPostgres`); ``middleware`` never imports ``coursegen``.
+(:class:`coursegen.embedded.LocalPostgres`); ``middleware`` never imports ``coursegen``.
 
 * ``status_postgres`` (session): a superuser URL. ``COURSEGEN_TEST_DATABASE_URL`` names a server
   to use (it must allow creating databases); else an embedded PostgreSQL starts for the session
@@ -108,7 +108,7 @@ def status_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from .local import LocalPostgres
+    from .embedded import LocalPostgres
 
     bindir = os.environ.get("COURSEGEN_TEST_PG_BINDIR")
     data = tmp_path_factory.mktemp("status-postgres") / "data"

@@ -37,9 +37,9 @@ from tenacity import (
 
 from .errors import PermanentStoreError, RejectedBatchError, StoreError, TransientStoreError
 from .events import Status, StatusEvent
-from .metrics import SyncMetrics, observe_many
 from .redaction import redact
 from .stores.base import REJECTED, REPLACED, Outcome, StatusStore
+from .sync_metrics import SyncMetrics, observe_many
 
 logger = logging.getLogger(__name__)
 

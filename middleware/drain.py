@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from .delivery import Delivery, StoreUnavailable
 from .errors import TransientStoreError
 from .events import StatusEvent
-from .metrics import SyncMetrics
 from .outbox import BadEntry, Claim, RedisOutbox, entry_with_tries, parse_entry
+from .sync_metrics import SyncMetrics
 
 logger = logging.getLogger(__name__)
 

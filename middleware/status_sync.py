@@ -35,9 +35,9 @@ from .events import (
     make_identity,
     storable_name,
 )
-from .metrics import get_metrics
 from .redaction import clean_text
 from .storable import storable_text
+from .sync_metrics import get_metrics
 from .validation import add_throws
 from .writer import StatusWriter
 

@@ -25,7 +25,7 @@ from dramatiq import Broker, Middleware
 from dramatiq.middleware import CurrentMessage
 
 from .errors import InstallError, ProducerOnlyError
-from .prometheus import WorkerPrometheus
+from .metrics_endpoint import WorkerPrometheus
 from .status_sync import JobStatusMiddleware
 from .validation import PayloadValidation
 

@@ -29,9 +29,9 @@ from .delivery import Delivery, StoreUnavailable, job_ids
 from .drain import Drained, OutboxDrainer, log_drained
 from .errors import TransientStoreError
 from .events import JobStart, StatusEvent
-from .metrics import SyncMetrics, get_metrics
 from .outbox import RedisOutbox
 from .stores.base import StatusStore
+from .sync_metrics import SyncMetrics, get_metrics
 
 logger = logging.getLogger(__name__)
 

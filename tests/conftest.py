@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres, LocalRedis, LocalServiceError
+from coursegen.embedded import LocalPostgres, LocalRedis, LocalServiceError
 from coursegen.migrate import migrate
 from tests.support.db import create_database, database_url_for, drop_database
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from coursegen.local import LocalPostgres
+from coursegen.embedded import LocalPostgres
 from coursegen.migrate import migrate
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import app_env, dramatiq_worker, free_port, send_jobs

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres
+from coursegen.embedded import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.outbox import DEFAULT_KEY
 from tests.support.db import create_owner, fetch_rows, wait_for

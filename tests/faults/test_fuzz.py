@@ -39,7 +39,7 @@ import psycopg
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres
+from coursegen.embedded import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.events import MAX_ERROR_CHARS, Status, StatusEvent
 from middleware.outbox import DEFAULT_KEY

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import redis
 
-from coursegen.local import LocalPostgres
+from coursegen.embedded import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.outbox import DEFAULT_KEY
 from tests.support.db import create_owner, wait_for

@@ -97,7 +97,7 @@ def test_sigterm_flushes_buffered_events(database_url: str, redis_url: str, tmp_
 
 
 def test_workers_reconnect_after_a_redis_restart(database_url: str, tmp_path: Path) -> None:
-    from coursegen.local import LocalRedis
+    from coursegen.embedded import LocalRedis
 
     owner = create_owner(database_url)
     server = LocalRedis(tmp_path / "redis")

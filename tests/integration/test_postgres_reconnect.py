@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from coursegen.local import LocalPostgres
+from coursegen.embedded import LocalPostgres
 from coursegen.migrate import migrate
 from middleware.errors import TransientStoreError
 from middleware.events import Status, StatusEvent

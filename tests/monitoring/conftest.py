@@ -22,8 +22,8 @@ _EXPORTED = """
 import json, os, sys
 os.environ["dramatiq_prom_db"] = sys.argv[1]
 from dramatiq.brokers.stub import StubBroker
-from middleware.prometheus import WorkerPrometheus
-from middleware.metrics import get_metrics
+from middleware.metrics_endpoint import WorkerPrometheus
+from middleware.sync_metrics import get_metrics
 
 booted = WorkerPrometheus()
 booted.after_process_boot(StubBroker(middleware=[]))

@@ -28,9 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from middleware.errors import TransientStoreError
 from middleware.events import Owner, Status, StatusEvent
-from middleware.metrics import SyncMetrics, observe_many
-from middleware.outbox import RedisOutbox
-from middleware.prometheus import (
+from middleware.metrics_endpoint import (
     DEFAULT_DIR,
     WorkerPrometheus,
     clean_multiproc_dir,
@@ -39,8 +37,10 @@ from middleware.prometheus import (
     serve_worker_metrics,
     start_metrics_server,
 )
+from middleware.outbox import RedisOutbox
 from middleware.status_sync import JobStatusMiddleware
 from middleware.stores.base import APPLIED, Outcome
+from middleware.sync_metrics import SyncMetrics, observe_many
 from middleware.writer import StatusWriter
 from tests.support.db import wait_for
 
@@ -423,7 +423,7 @@ def test_cleaning_removes_every_file_but_the_running_siblings(tmp_path: Path) ->
 # -- producers ----------------------------------------------------------------------------
 
 _PRODUCER_METRICS = """
-from middleware.metrics import get_metrics
+from middleware.sync_metrics import get_metrics
 get_metrics().events.labels("pending").inc(3)
 print(type(get_metrics()).__name__)
 """

@@ -35,10 +35,10 @@ from prometheus_client import REGISTRY
 
 from middleware.errors import TransientStoreError
 from middleware.events import JobStart, Owner, Status, StatusEvent, active_event
-from middleware.metrics import get_metrics
 from middleware.outbox import RedisOutbox
 from middleware.status_sync import JobStatusMiddleware
 from middleware.stores.base import APPLIED, Outcome
+from middleware.sync_metrics import get_metrics
 from middleware.wiring import install
 from middleware.writer import StatusWriter
 

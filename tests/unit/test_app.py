@@ -23,7 +23,7 @@ from coursegen.app import QUEUE, App, build_app
 from coursegen.course import CourseRequest
 from coursegen.settings import NO_STORE_MESSAGE, Settings
 from middleware import JobStatusMiddleware, PayloadValidation
-from middleware.prometheus import WorkerPrometheus
+from middleware.metrics_endpoint import WorkerPrometheus
 from middleware.wiring import ProducerOnly, TrackStatusOption
 
 DRAMATIQ = [AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines, Retries, CurrentMessage]

@@ -20,7 +20,7 @@ from middleware import (
     Status,
     install,
 )
-from middleware.prometheus import WorkerPrometheus
+from middleware.metrics_endpoint import WorkerPrometheus
 from middleware.wiring import ProducerOnly, TrackStatusOption, status_middleware
 from middleware.writer import StatusWriter
 from tests.unit.conftest import RecordingStore, owner_payload

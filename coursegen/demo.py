@@ -145,7 +145,7 @@ def _show_course(course: dict[str, Any]) -> None:
 
 
 def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = False) -> int:
-    from .local import LocalPostgres, LocalRedis
+    from .embedded import LocalPostgres, LocalRedis
     from .migrate import migrate
 
     root = Path(workdir).resolve()

@@ -10,7 +10,7 @@ middleware (no longer a default in Dramatiq 2.x) so that:
 * the worker processes and the exposition server agree on ONE directory, :func:`multiproc_dir`
   (``dramatiq_prom_db``, else ``PROMETHEUS_MULTIPROC_DIR``, else Dramatiq's default); both
   variables are set to it before prometheus_client is first imported, so the status-sync
-  metrics (:mod:`middleware.metrics`, created when the writer thread starts at worker boot)
+  metrics (:mod:`middleware.sync_metrics`, created when the writer thread starts at worker boot)
   land in it next to Dramatiq's own;
 * files left there by the processes of an earlier run are removed at boot
   (:func:`clean_multiproc_dir`): counters restart from zero, no dead process's gauge lingers;
@@ -37,11 +37,11 @@ from typing import Any
 
 from dramatiq import Broker, Message, Middleware
 
-from .metrics import get_metrics
+from .sync_metrics import get_metrics
 
 logger = logging.getLogger(__name__)
 
-#: Dramatiq's default directory (``dramatiq.middleware.prometheus.DB_PATH``)
+#: Dramatiq's default directory (``dramatiq.middleware.metrics_endpoint.DB_PATH``)
 DEFAULT_DIR = os.path.join(tempfile.gettempdir(), "dramatiq-prometheus")
 DEFAULT_HOST = "0.0.0.0"  # Dramatiq's default: scraped from other hosts
 DEFAULT_PORT = 9191

@@ -55,7 +55,7 @@ PG_LOG_NAME = "server.log"
 PG_CTL_TIMEOUT = 60
 _LOG_TAIL_LINES = 40
 _STOP_MODES = frozenset({"smart", "fast", "immediate"})
-_MARKER = "# --- added by coursegen.local ---"
+_MARKER = "# --- added by coursegen.embedded ---"
 
 
 class LocalServiceError(RuntimeError):

@@ -3,7 +3,7 @@
 Nothing here imports ``prometheus_client`` at import time: it decides on multiprocess mode when
 it is first imported (``PROMETHEUS_MULTIPROC_DIR`` set or not), so the metrics are created on
 first use, by the writer thread, which a worker starts after its process has booted (see
-:mod:`middleware.prometheus`). Labels never carry job, user or tenant ids.
+:mod:`middleware.metrics_endpoint`). Labels never carry job, user or tenant ids.
 
 Gauges in multiprocess mode: the queue depth is each process's own buffer, so the fleet's is the
 sum over live processes (``livesum``); the outbox is one Redis list every process samples, so the

@@ -1,4 +1,4 @@
-"""coursegen.local against real processes: embedded Valkey, the embedded PostgreSQL 18 build and
+"""coursegen.embedded against real processes: embedded Valkey, the embedded PostgreSQL 18 build and
 Debian's PostgreSQL 15 (skipped when absent, but a failure in CI).
 
 Self-contained: no fixtures from conftest.py.
@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import redis
 
-from coursegen.local import (
+from coursegen.embedded import (
     LocalPostgres,
     LocalRedis,
     LocalServiceError,
