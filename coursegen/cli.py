@@ -6,14 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .settings import ConfigurationError, load_settings
 
 if TYPE_CHECKING:
-    from .jobs import JobStatus
+    from .jobs import JobStatus, OperatorJobs, UserJobs
 
 logger = logging.getLogger("coursegen")
 
@@ -37,7 +37,10 @@ exit codes:
   124  the job was still running when --timeout ran out (watch)
 
 environment: REDIS_URL (submit, cancel, outbox), DATABASE_URL or SUPABASE_URL with
-SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel, migrate needs DATABASE_URL)"""
+SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel, migrate needs DATABASE_URL)
+
+status, watch, jobs and cancel act for the user and tenant given (--user, --tenant): another
+user's job is "no such job". `coursegen admin ...` sees every tenant's jobs (operators only)."""
 
 
 def _fail(command: str, message: str, code: int) -> int:
@@ -112,11 +115,20 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _view(args: argparse.Namespace) -> UserJobs | OperatorJobs:
+    """Acting for --user in --tenant; or, under `coursegen admin`, the operator's view."""
     from .jobs import Jobs
+
+    jobs = Jobs(load_settings())
+    if args.admin:
+        return jobs.operator()
+    return jobs.as_user(args.user, args.tenant)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
     from .render import status_block
 
-    job = Jobs(load_settings()).status(args.job_id)
+    job = _view(args).status(args.job_id)
     if args.json:
         print(json.dumps(job.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -127,7 +139,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from middleware.events import Status
 
-    from .jobs import Jobs
     from .render import progress_line
 
     tty = sys.stdout.isatty()
@@ -143,7 +154,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    final = Jobs(load_settings()).wait(
+    final = _view(args).wait(
         args.job_id, timeout=args.timeout, interval=args.interval, missing_grace=2.0, on_change=show
     )
     if tty:
@@ -156,12 +167,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from .jobs import Jobs
+    from .jobs import OperatorJobs
     from .render import outcome_detail, table, when
 
-    listed = Jobs(load_settings()).list(
-        status=args.status, user_id=args.user, tenant_id=args.tenant, limit=args.limit
-    )
+    view = _view(args)
+    if isinstance(view, OperatorJobs):
+        listed = view.list(status=args.status, user_id=args.user, tenant_id=args.tenant, limit=args.limit)
+    else:
+        listed = view.list(status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps([job.as_dict() for job in listed], indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -188,9 +201,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .jobs import Jobs
-
-    outcome = Jobs(load_settings()).cancel(args.job_id)
+    outcome = _view(args).cancel(args.job_id)
     print(outcome.describe())
     return EXIT_OK if outcome.requested else EXIT_FAILED
 
@@ -240,7 +251,6 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from middleware.events import Status
 
     from .course import MAX_MODULES, Audience
 
@@ -283,47 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(func=_cmd_submit)
 
-    status = command(
-        "status",
-        "show a job's status",
-        "Show a job's row: status, progress, attempt, times, error. Needs DATABASE_URL, or "
-        "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.",
-    )
-    status.add_argument("job_id", metavar="JOB_ID")
-    status.add_argument("--json", action="store_true", help="the whole row as JSON, result included")
-    status.set_defaults(func=_cmd_status)
+    _job_commands(command, admin=False)
 
-    watch = command(
-        "watch",
-        "follow a job with a live progress bar until it ends",
-        "Follow a job until it ends, with a progress bar (one line per change when the output "
-        "is not a terminal). The exit code tells how it ended.",
+    admin = command(
+        "admin",
+        "operator mode: status, watch, jobs and cancel over every tenant's jobs",
+        "The operator's view: every tenant's jobs, with the service credentials of the "
+        "environment. For operators' tools and incidents, never on behalf of a user (the "
+        "commands without `admin` act for --user in --tenant).",
     )
-    watch.add_argument("job_id", metavar="JOB_ID")
-    watch.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
-    watch.add_argument("--interval", type=float, default=0.25, metavar="S", help="poll every S seconds")
-    watch.set_defaults(func=_cmd_watch)
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
 
-    jobs = command(
-        "jobs",
-        "list the latest jobs as a table",
-        "List the latest jobs, newest first, optionally of one status, user or tenant.",
-    )
-    jobs.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
-    jobs.add_argument("--user", metavar="ID", help="only this user's jobs")
-    jobs.add_argument("--tenant", metavar="ID", help="only this organization's jobs")
-    jobs.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default: 20)")
-    jobs.add_argument("--json", action="store_true", help="the rows as JSON")
-    jobs.set_defaults(func=_cmd_jobs)
+    def admin_command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return admin_commands.add_parser(
+            name,
+            help=help_text,
+            description=description + " Operator mode: any tenant's job.",
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
-    cancel = command(
-        "cancel",
-        "cancel a queued or running job",
-        "Request cancellation: a queued job ends 'cancelled' without running, a running one at "
-        "its next progress checkpoint. A finished job is left alone (exit code 1).",
-    )
-    cancel.add_argument("job_id", metavar="JOB_ID")
-    cancel.set_defaults(func=_cmd_cancel)
+    _job_commands(admin_command, admin=True)
 
     outbox = command(
         "outbox",
@@ -366,6 +356,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_commands(command: Callable[[str, str, str], argparse.ArgumentParser], *, admin: bool) -> None:
+    """status, watch, jobs and cancel: acting for --user in --tenant (both required), or, under
+    `coursegen admin`, over every tenant's jobs."""
+    from middleware.events import Status
+
+    def owner(parser: argparse.ArgumentParser) -> None:
+        if not admin:
+            parser.add_argument("--user", required=True, metavar="ID", help="acting for this user (UUID)")
+            parser.add_argument("--tenant", required=True, metavar="ID", help="in this organization (UUID)")
+        parser.set_defaults(admin=admin)
+
+    status = command(
+        "status",
+        "show a job's status",
+        "Show a job's row: status, progress, attempt, times, error. Needs DATABASE_URL, or "
+        "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.",
+    )
+    status.add_argument("job_id", metavar="JOB_ID")
+    owner(status)
+    status.add_argument("--json", action="store_true", help="the whole row as JSON, result included")
+    status.set_defaults(func=_cmd_status)
+
+    watch = command(
+        "watch",
+        "follow a job with a live progress bar until it ends",
+        "Follow a job until it ends, with a progress bar (one line per change when the output "
+        "is not a terminal). The exit code tells how it ended.",
+    )
+    watch.add_argument("job_id", metavar="JOB_ID")
+    owner(watch)
+    watch.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
+    watch.add_argument("--interval", type=float, default=0.25, metavar="S", help="poll every S seconds")
+    watch.set_defaults(func=_cmd_watch)
+
+    jobs = command(
+        "jobs",
+        "list the latest jobs as a table",
+        "List the latest jobs, newest first, optionally of one status"
+        + (", user or tenant." if admin else ": the user's, in the tenant."),
+    )
+    owner(jobs)
+    jobs.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
+    if admin:
+        jobs.add_argument("--user", metavar="ID", help="only this user's jobs")
+        jobs.add_argument("--tenant", metavar="ID", help="only this organization's jobs")
+    jobs.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default: 20)")
+    jobs.add_argument("--json", action="store_true", help="the rows as JSON")
+    jobs.set_defaults(func=_cmd_jobs)
+
+    cancel = command(
+        "cancel",
+        "cancel a queued or running job",
+        "Request cancellation: a queued job ends 'cancelled' without running, a running one at "
+        "its next progress checkpoint. A finished job is left alone (exit code 1).",
+    )
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    owner(cancel)
+    cancel.set_defaults(func=_cmd_cancel)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .jobs import InvalidRequestError, JobNotFound, JobsError, ServiceUnavailable, WaitTimeout
 
@@ -375,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = args.command
+    command = args.command if args.command != "admin" else f"admin {args.admin_command}"
     try:
         return int(args.func(args))
     except ConfigurationError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .jobs import Jobs, JobStatus
+    from .jobs import JobStatus, UserJobs
 
 DEMO_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 DEMO_USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
@@ -99,7 +99,7 @@ class _Board:
         self.drawn = True
 
 
-def _follow(jobs: Jobs, labels: dict[str, str], cancel_id: str, timeout: float) -> dict[str, JobStatus]:
+def _follow(jobs: UserJobs, labels: dict[str, str], cancel_id: str, timeout: float) -> dict[str, JobStatus]:
     from .jobs import JobNotFound
 
     board = _Board(labels)
@@ -190,7 +190,10 @@ def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = Fal
             labels[client.submit(request)] = label
         cancel_id = next(job_id for job_id, label in labels.items() if label == "Cancel me")
         _say(f"Submitted {len(labels)} course requests. Their job_status rows as they change:")
-        latest = _follow(client, labels, cancel_id, timeout=60 + 10 * pace * len(labels))
+        # the demo user follows and cancels their own jobs
+        latest = _follow(
+            client.as_user(DEMO_USER, DEMO_TENANT), labels, cancel_id, timeout=60 + 10 * pace * len(labels)
+        )
 
         _say()
         _say("Final rows:")

@@ -1,19 +1,34 @@
-"""Producer API: submit course requests, follow their jobs, cancel them.
+"""Producer API: submit course requests; follow and cancel jobs, acting for their owner.
 
     from coursegen import jobs
 
     job_id = jobs.submit({"tenant_id": ..., "user_id": ..., "title": ..., "sources": [...]})
-    jobs.status(job_id)              # JobStatus: status, progress, result, error, ...
-    jobs.wait(job_id, timeout=120)   # the JobStatus once the job has finished
-    jobs.cancel(job_id)              # CancelOutcome: requested, or the job had already finished
-    jobs.list_jobs(user_id=...)      # the latest jobs, newest first
+    me = jobs.Jobs(settings).as_user(user_id, tenant_id)   # or the module functions below
+    me.status(job_id)                # JobStatus: status, progress, result, error, ...
+    me.wait(job_id, timeout=120)     # the JobStatus once the job has finished
+    me.cancel(job_id)                # CancelOutcome: requested, or the job had already finished
+    me.list()                        # this user's latest jobs in this tenant, newest first
+
+    jobs.status(job_id, user_id=..., tenant_id=...)   # the same through a default Jobs
+
+Reading and cancelling act for a user and tenant, always: another owner's job is treated as an
+unknown one (:class:`JobNotFound`, the same message, the same steps: nothing tells the two
+apart), and the check is made in SQL (``public.user_job_*``), not only here. An operator who
+must see every job asks for it by name, :meth:`Jobs.operator` (``coursegen admin ...``).
 
 ``submit`` needs the broker only (``REDIS_URL``): it sends through a broker built from the
 :class:`Jobs`' own settings (:func:`coursegen.app.build_app`), never through the global one that
-``coursegen.actors`` builds from the environment. Everything else reads the ``job_status`` rows:
-through Supabase's REST API when ``SUPABASE_URL`` (and the service-role key) is set, else
-straight from PostgreSQL with ``DATABASE_URL``. ``cancel`` also sets the flag the workers read on
-the broker's Redis (:class:`middleware.cancel.RedisCancelFlags`).
+``coursegen.actors`` builds from the environment. Everything else reads the ``job_status`` rows
+(:mod:`coursegen.readers`): through Supabase's REST API when ``SUPABASE_URL`` (and the
+service-role key) is set, else straight from PostgreSQL with ``DATABASE_URL``. ``cancel`` also
+sets the flag the workers read on the broker's Redis (:class:`middleware.cancel.RedisCancelFlags`).
+
+Read-your-writes: a job's ``pending`` row is written by the sending process's writer thread a
+moment after ``send()``. When a job is not found and this process sent it (through any app: a
+``Jobs``, or ``coursegen.actors.generate_course.send()``; see :mod:`middleware.sent`) for the
+owner the caller acts for, that writer is flushed and the row read again. A cancellation that
+finds no row even then (the writer could only put it on the outbox) flags the job at once, so
+that the workers skip it; the fleet's cancel poller stamps its row once it exists.
 
 The module functions use one :class:`Jobs` built from the environment on first use; build a
 :class:`Jobs` yourself to pass other settings.
@@ -22,116 +37,43 @@ The module functions use one :class:`Jobs` built from the environment on first u
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import psycopg
-from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from middleware.cancel import RedisCancelFlags
-from middleware.conninfo import check_conninfo, describe_conninfo
-from middleware.events import Status
+from middleware.events import Owner, Status
+from middleware.sent import SENT, SentJob
 
 from .course import CourseRequest
-from .settings import ConfigurationError, Settings, load_settings
+from .errors import (
+    InvalidRequestError,
+    JobNotFound,
+    JobsError,
+    ServiceUnavailable,
+    UnknownOwnerError,
+    WaitTimeout,
+)
+from .readers import (
+    COLUMNS,
+    NO_STATUS_SOURCE_MESSAGE,
+    PostgresReader,
+    Row,
+    StatusReader,
+    SupabaseReader,
+    reader_from_settings,
+)
+from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from .app import App
 
-logger = logging.getLogger(__name__)
-
-#: what a producer configured with Redis alone is told when it tries to read statuses
-NO_STATUS_SOURCE_MESSAGE = (
-    "reading job status needs DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY; "
-    "with REDIS_URL alone jobs can be submitted but not followed"
-)
-
-COLUMNS = (
-    "job_id",
-    "tenant_id",
-    "user_id",
-    "actor_name",
-    "queue_name",
-    "status",
-    "progress",
-    "progress_message",
-    "attempt",
-    "result",
-    "error_type",
-    "error_message",
-    "next_retry_at",
-    "enqueued_at",
-    "started_at",
-    "finished_at",
-    "cancel_requested_at",
-    "created_at",
-    "updated_at",
-)
 _TIMES = tuple(name for name in COLUMNS if name.endswith("_at"))  # timestamptz columns
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class JobsError(Exception):
-    """A job could not be submitted, read or cancelled."""
-
-
-class InvalidRequestError(JobsError, ValueError):
-    """The course request is invalid; ``errors`` holds pydantic's validation errors."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-        shown = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', '?')}" for e in errors
-        )
-        super().__init__(f"invalid course request: {shown}")
-
-
-class UnknownOwnerError(JobsError, ValueError):
-    """The job's tenant or user does not exist: it could never get a status row."""
-
-    def __init__(self, problem: str, tenant_id: str, user_id: str) -> None:
-        self.problem = problem
-        self.tenant_id = tenant_id
-        self.user_id = user_id
-        who = f"tenant {tenant_id}" if problem == "unknown_tenant" else f"user {user_id}"
-        super().__init__(f"unknown owner: no {who} (create it first)")
-
-
-class JobNotFound(JobsError, LookupError):
-    """No job has this id."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        super().__init__(f"no job {job_id}")
-
-
-class ServiceUnavailable(JobsError):
-    """A service the call needs (Redis, PostgreSQL, Supabase) cannot be reached."""
-
-    def __init__(self, service: str, detail: str) -> None:
-        self.service = service
-        self.detail = detail
-        super().__init__(f"cannot reach {service} ({detail})")
-
-
-class WaitTimeout(JobsError, TimeoutError):
-    """The job did not finish in time; ``last`` is its latest known status (or None)."""
-
-    def __init__(self, job_id: str, timeout: float, last: JobStatus | None) -> None:
-        self.job_id = job_id
-        self.timeout = timeout
-        self.last = last
-        state = last.status.value if last is not None else "unknown"
-        super().__init__(f"job {job_id} did not finish within {timeout:g}s (last seen: {state})")
 
 
 # -- results ------------------------------------------------------------------------------
@@ -167,6 +109,7 @@ class JobStatus:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobStatus:
+        """From a row as a reader returns it (other columns are ignored)."""
         values = {name: row.get(name) for name in COLUMNS}
         values["status"] = Status(values["status"])
         values["tenant_id"] = str(values["tenant_id"])
@@ -192,7 +135,9 @@ class JobStatus:
 @dataclass(frozen=True)
 class CancelOutcome:
     """What :func:`cancel` did. ``requested``: the job was live and is now flagged (``already``:
-    an earlier call had flagged it). ``finished``: it had ended; nothing was changed."""
+    an earlier call had flagged it). ``finished``: it had ended; nothing was changed. A job this
+    process sent whose row is not written yet is flagged as ``pending`` with no
+    ``cancel_requested_at``: the row is stamped once it exists."""
 
     job_id: str
     status: Status
@@ -210,206 +155,6 @@ class CancelOutcome:
         if self.already:
             return f"cancellation of job {self.job_id} was already requested (it is {self.status.value})"
         return f"cancellation requested for job {self.job_id} (it was {self.status.value})"
-
-
-# -- where the rows are read ----------------------------------------------------------------
-
-
-class StatusReader(Protocol):
-    def get(self, job_id: str) -> dict[str, Any] | None: ...
-
-    def list(
-        self, *, status: Status | None, user_id: str | None, tenant_id: str | None, limit: int
-    ) -> list[dict[str, Any]]: ...
-
-    def request_cancel(self, job_id: str) -> dict[str, Any] | None: ...
-
-    def owner_problem(self, tenant_id: str, user_id: str) -> str | None: ...
-
-    def close(self) -> None: ...
-
-
-_SELECT = (
-    "select " + ", ".join(f"{c}::text" if c == "status" else c for c in COLUMNS) + " from public.job_status"
-)
-
-
-class PostgresReader:
-    """Reads rows with psycopg; one connection, opened on first use."""
-
-    def __init__(self, conninfo: str, *, timeout: float = 5.0) -> None:
-        check_conninfo(conninfo)  # InvalidConninfoError (a ValueError) never quotes it
-        self._conninfo = conninfo
-        self._where = describe_conninfo(conninfo)
-        self._timeout = timeout
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:  # never the conninfo: it may hold a password
-        return f"PostgresReader(timeout={self._timeout})"
-
-    def _run(self, sql: str, params: Mapping[str, Any] | tuple[Any, ...]) -> list[dict[str, Any]]:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(
-                        self._conninfo,
-                        autocommit=True,
-                        prepare_threshold=None,
-                        connect_timeout=max(1, int(self._timeout)),
-                        row_factory=dict_row,
-                    )
-                return self._conn.execute(sql, params).fetchall()
-            except psycopg.OperationalError as exc:
-                self._drop()
-                raise ServiceUnavailable(f"the database at {self._where}", type(exc).__name__) from exc
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        rows = self._run(_SELECT + " where job_id = %s", (job_id,))
-        return rows[0] if rows else None
-
-    def list(
-        self, *, status: Status | None, user_id: str | None, tenant_id: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        return self._run(
-            _SELECT + " where (%(status)s::public.job_state is null or status = %(status)s::public.job_state)"
-            " and (%(user)s::uuid is null or user_id = %(user)s::uuid)"
-            " and (%(tenant)s::uuid is null or tenant_id = %(tenant)s::uuid)"
-            " order by created_at desc, job_id desc limit %(limit)s",
-            {
-                "status": status.value if status else None,
-                "user": user_id,
-                "tenant": tenant_id,
-                "limit": limit,
-            },
-        )
-
-    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        rows = self._run(
-            "select status::text, cancel_requested_at, stamped from public.job_status_request_cancel(%s)",
-            (job_id,),
-        )
-        return rows[0] if rows else None
-
-    def owner_problem(self, tenant_id: str, user_id: str) -> str | None:
-        rows = self._run("select public.job_owner_problem(%s, %s) as problem", (tenant_id, user_id))
-        return rows[0]["problem"] if rows else None
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-
-class SupabaseReader:
-    """Reads rows through Supabase's REST API with the service-role key or a secret key
-    (``sb_secret_...``; both bypass RLS). ``timeout`` stays above the API's statement_timeout
-    (8 s on Supabase), as for the status store: a cancel request is a write."""
-
-    def __init__(
-        self, url: str, service_key: str, *, timeout: float = 10.0, http_client: httpx.Client | None = None
-    ) -> None:
-        self._url = url
-        self._key = service_key
-        self._timeout = timeout
-        self._given_http = http_client
-        self._http: httpx.Client | None = None
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"SupabaseReader(timeout={self._timeout})"
-
-    def _get_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from supabase.lib.client_options import SyncClientOptions
-
-                from supabase import create_client
-
-                http = self._given_http
-                if http is None:
-                    http = self._http = httpx.Client(timeout=httpx.Timeout(self._timeout))
-                self._client = create_client(
-                    self._url,
-                    self._key,
-                    options=SyncClientOptions(
-                        httpx_client=http, auto_refresh_token=False, persist_session=False
-                    ),
-                )
-            return self._client
-
-    def _call(self, build: Callable[[Any], Any]) -> Any:
-        from postgrest.exceptions import APIError
-
-        try:
-            return build(self._get_client()).execute().data
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable("Supabase", f"no answer within {self._timeout:g}s") from exc
-        except httpx.RequestError as exc:
-            raise ServiceUnavailable("Supabase", type(exc).__name__) from exc
-        except APIError as exc:
-            code = str(exc.code or "")
-            # PostgREST's "database unreachable" codes, and the SQLSTATEs the status store
-            # retries (connection, rollback, resources, operator intervention, system, lock timeout)
-            if code.startswith(("PGRST00", "08", "40", "53", "57", "58", "55P03")):
-                raise ServiceUnavailable("Supabase", f"PostgREST {code}") from exc
-            raise JobsError(f"Supabase refused the request ({code or 'no code'})") from exc
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        rows = self._call(lambda c: c.table("job_status").select(",".join(COLUMNS)).eq("job_id", job_id))
-        return rows[0] if rows else None
-
-    def list(
-        self, *, status: Status | None, user_id: str | None, tenant_id: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        def build(client: Any) -> Any:
-            query = client.table("job_status").select(",".join(COLUMNS))
-            if status is not None:
-                query = query.eq("status", status.value)
-            if user_id is not None:
-                query = query.eq("user_id", user_id)
-            if tenant_id is not None:
-                query = query.eq("tenant_id", tenant_id)
-            return query.order("created_at", desc=True).limit(limit)
-
-        rows = self._call(build)
-        rows.sort(key=lambda row: (row.get("created_at") or "", row["job_id"]), reverse=True)
-        return list(rows[:limit])
-
-    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        rows = self._call(lambda c: c.rpc("job_status_request_cancel", {"job_id": job_id}))
-        return rows[0] if rows else None
-
-    def owner_problem(self, tenant_id: str, user_id: str) -> str | None:
-        args = {"tenant_id": tenant_id, "user_id": user_id}
-        problem = self._call(lambda c: c.rpc("job_owner_problem", args))
-        return problem if isinstance(problem, str) else None
-
-    def close(self) -> None:
-        with self._lock:
-            http, self._http, self._client = self._http, None, None
-        if http is not None:
-            http.close()
-
-
-def reader_from_settings(settings: Settings) -> StatusReader:
-    """Supabase when ``SUPABASE_URL`` is set, else PostgreSQL with ``DATABASE_URL``."""
-    kind = settings.status_store()
-    if kind == "supabase":
-        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
-        return SupabaseReader(
-            settings.supabase_url,
-            settings.supabase_service_role_key.get_secret_value(),
-            timeout=settings.supabase_timeout,
-        )
-    if kind == "postgres":
-        return PostgresReader(settings.require_database_url(), timeout=settings.store_timeout)
-    raise ConfigurationError(NO_STATUS_SOURCE_MESSAGE)
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -435,12 +180,18 @@ def _check_uuid(name: str, value: str | None) -> str | None:
         raise ValueError(f"{name} must be a UUID, got {str(value)[:60]!r}") from None
 
 
+def _limit(limit: int) -> int:
+    return max(1, min(int(limit), 1000))
+
+
 class Jobs:
-    """Submit, follow and cancel jobs with one configuration.
+    """Submit jobs with one configuration; follow and cancel them through a view:
+    :meth:`as_user` (acting for one user of one tenant) or :meth:`operator` (every job).
 
     ``reader`` and ``cancel_flags`` default to what ``settings`` describes; they and the app
     that sends jobs (its broker and status writer) are created on first use, so building a
-    ``Jobs`` opens no connection. :meth:`close` releases them.
+    ``Jobs`` opens no connection. :meth:`close` releases them. ``flush_timeout``: how long a
+    read of a job this process sent waits for its writer to write the ``pending`` row.
     """
 
     def __init__(
@@ -449,8 +200,10 @@ class Jobs:
         *,
         reader: StatusReader | None = None,
         cancel_flags: RedisCancelFlags | None = None,
+        flush_timeout: float = 5.0,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.flush_timeout = flush_timeout
         self._reader = reader
         self._flags = cancel_flags
         self._app: App | None = None
@@ -487,11 +240,21 @@ class Jobs:
                 self._app = build_app(self.settings)
             return self._app
 
+    def as_user(self, user_id: str | uuid.UUID, tenant_id: str | uuid.UUID) -> UserJobs:
+        """Status, wait, cancel and list acting for this user of this tenant: their jobs only.
+        ``ValueError`` unless both are UUIDs."""
+        return UserJobs(self, user_id, tenant_id)
+
+    def operator(self) -> OperatorJobs:
+        """Status, wait, cancel and list over every tenant's jobs: for operators' tools, never
+        on behalf of a user."""
+        return OperatorJobs(self)
+
     def submit(self, request: CourseRequest | Mapping[str, Any], *, flush_timeout: float = 5.0) -> str:
         """Send a ``generate_course`` job; returns its id (``job_status.job_id``).
 
         Waits up to ``flush_timeout`` seconds for the ``pending`` row to be written (or put on
-        the outbox), so that :meth:`status` finds the job right away.
+        the outbox), so that a status read from anywhere finds the job right away.
         """
         import redis
 
@@ -510,8 +273,57 @@ class Jobs:
             app.flush(timeout=flush_timeout)
         return message.message_id
 
+    def close(self) -> None:
+        """Write the statuses of the jobs submitted (the writer's last batches) and close
+        every connection."""
+        with self._lock:
+            reader, self._reader = self._reader, None
+            flags, self._flags = self._flags, None
+            app, self._app = self._app, None
+        if app is not None:
+            app.close()
+        if reader is not None:
+            reader.close()
+        if flags is not None:
+            flags.client.close()
+
+
+class _View:
+    """status, wait and cancel over the jobs a view sees; the reads are the subclass's."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+
+    # -- what the view sees ----------------------------------------------------------------
+
+    def _read(self, job_id: str) -> Row | None:
+        raise NotImplementedError
+
+    def _request_cancel(self, job_id: str) -> Row | None:
+        raise NotImplementedError
+
+    def _sees(self, owner: Owner) -> bool:
+        raise NotImplementedError
+
+    # -- read-your-writes ------------------------------------------------------------------
+
+    def _sent_here(self, job_id: str) -> SentJob | None:
+        """The job, when this process sent it for an owner this view sees. Else None, and the
+        caller goes on exactly as for an unknown job (nothing flushed)."""
+        sent = SENT.get(job_id)
+        return sent if sent is not None and self._sees(sent.owner) else None
+
+    def _find(self, job_id: str) -> Row | None:
+        row = self._read(job_id)
+        if row is None and (sent := self._sent_here(job_id)) is not None:
+            sent.writer.flush(timeout=self.jobs.flush_timeout)
+            row = self._read(job_id)
+        return row
+
+    # -- the API ---------------------------------------------------------------------------
+
     def status(self, job_id: str) -> JobStatus:
-        row = self.reader.get(job_id)
+        row = self._find(job_id)
         if row is None:
             raise JobNotFound(job_id)
         return JobStatus.from_row(row)
@@ -529,13 +341,13 @@ class Jobs:
 
         ``on_change`` is called with every status that differs from the previous one (status,
         progress or message). A job not found after ``missing_grace`` seconds raises
-        :class:`JobNotFound` (its row may lag its submission a little); past ``timeout``,
-        :class:`WaitTimeout`.
+        :class:`JobNotFound` (a row written by another process may lag its submission a
+        little); past ``timeout``, :class:`WaitTimeout`.
         """
         started = time.monotonic()
         last: JobStatus | None = None
+        row = self._find(job_id)
         while True:
-            row = self.reader.get(job_id)
             now = time.monotonic() - started
             if row is None:
                 if last is None and now >= missing_grace:
@@ -553,6 +365,7 @@ class Jobs:
             if now >= timeout:
                 raise WaitTimeout(job_id, timeout, last)
             time.sleep(min(interval, max(0.0, timeout - now)) or 0.01)
+            row = self._read(job_id)
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Request cancellation: stamp ``cancel_requested_at`` and flag the job for the workers.
@@ -560,24 +373,97 @@ class Jobs:
         A queued job ends ``cancelled`` without running; a running one at its next progress
         checkpoint. A finished job is left alone (``outcome.finished``). Unknown: JobNotFound.
         """
-        import redis
-
-        row = self.reader.request_cancel(job_id)
+        row = self._request_cancel(job_id)
         if row is None:
-            raise JobNotFound(job_id)
+            sent = self._sent_here(job_id)
+            if sent is None:
+                raise JobNotFound(job_id)
+            sent.writer.flush(timeout=self.jobs.flush_timeout)
+            row = self._request_cancel(job_id)
+            if row is None:  # sent from here, its row not written yet: the poller stamps it
+                self._flag(job_id, row_missing=True)
+                return CancelOutcome(
+                    job_id, Status.PENDING, requested=True, already=False, cancel_requested_at=None
+                )
         status = Status(row["status"])
         when = row.get("cancel_requested_at")
         if isinstance(when, str):
             when = dt.datetime.fromisoformat(when)
         if status.terminal:
             return CancelOutcome(job_id, status, requested=False, already=False, cancel_requested_at=when)
-        try:
-            self.cancel_flags.request(job_id)
-        except redis.RedisError as exc:
-            raise ServiceUnavailable("Redis", type(exc).__name__) from exc
+        self._flag(job_id)
         return CancelOutcome(
             job_id, status, requested=True, already=not row["stamped"], cancel_requested_at=when
         )
+
+    def _flag(self, job_id: str, *, row_missing: bool = False) -> None:
+        import redis
+
+        try:
+            self.jobs.cancel_flags.request(job_id, row_missing=row_missing)
+        except redis.RedisError as exc:
+            raise ServiceUnavailable("Redis", type(exc).__name__) from exc
+
+
+class UserJobs(_View):
+    """One user's jobs in one tenant (:meth:`Jobs.as_user`). Another owner's job, another
+    tenant's included, is not found, exactly as an unknown one; the SQL functions the readers
+    call check the owner."""
+
+    def __init__(self, jobs: Jobs, user_id: str | uuid.UUID, tenant_id: str | uuid.UUID) -> None:
+        super().__init__(jobs)
+        user = _check_uuid("user_id", str(user_id))
+        tenant = _check_uuid("tenant_id", str(tenant_id))
+        assert user is not None and tenant is not None
+        self.owner = Owner(tenant, user)
+
+    def __repr__(self) -> str:
+        return f"UserJobs(user_id={self.owner.user_id!r}, tenant_id={self.owner.tenant_id!r})"
+
+    @property
+    def user_id(self) -> str:
+        return self.owner.user_id
+
+    @property
+    def tenant_id(self) -> str:
+        return self.owner.tenant_id
+
+    def _read(self, job_id: str) -> Row | None:
+        return self.jobs.reader.get_for(self.owner, job_id)
+
+    def _request_cancel(self, job_id: str) -> Row | None:
+        return self.jobs.reader.cancel_for(self.owner, job_id)
+
+    def _sees(self, owner: Owner) -> bool:
+        try:
+            return Owner(str(uuid.UUID(owner.tenant_id)), str(uuid.UUID(owner.user_id))) == self.owner
+        except (ValueError, AttributeError, TypeError):
+            return False
+
+    def list(self, *, status: Status | str | None = None, limit: int = 50) -> list[JobStatus]:
+        """This user's latest jobs in this tenant, newest first (by when their row was
+        created), optionally of one status."""
+        rows = self.jobs.reader.list_for(
+            self.owner, status=Status(status) if status is not None else None, limit=_limit(limit)
+        )
+        return [JobStatus.from_row(row) for row in rows]
+
+
+class OperatorJobs(_View):
+    """Every tenant's jobs (:meth:`Jobs.operator`): for operators' tools, never on behalf of a
+    user."""
+
+    def __repr__(self) -> str:
+        return "OperatorJobs()"
+
+    def _read(self, job_id: str) -> Row | None:
+        return self.jobs.reader.get(job_id)
+
+    def _request_cancel(self, job_id: str) -> Row | None:
+        return self.jobs.reader.request_cancel(job_id)
+
+    def _sees(self, owner: Owner) -> bool:
+        return True
 
     def list(
         self,
@@ -587,29 +473,15 @@ class Jobs:
         tenant_id: str | None = None,
         limit: int = 50,
     ) -> list[JobStatus]:
-        """The latest jobs, newest first (by when their row was created), optionally of one
-        status, user or tenant."""
-        rows = self.reader.list(
+        """The latest jobs of every tenant, newest first (by when their row was created),
+        optionally of one status, user or tenant."""
+        rows = self.jobs.reader.list(
             status=Status(status) if status is not None else None,
             user_id=_check_uuid("user_id", user_id),
             tenant_id=_check_uuid("tenant_id", tenant_id),
-            limit=max(1, min(int(limit), 1000)),
+            limit=_limit(limit),
         )
         return [JobStatus.from_row(row) for row in rows]
-
-    def close(self) -> None:
-        """Write the statuses of the jobs submitted (the writer's last batches) and close
-        every connection."""
-        with self._lock:
-            reader, self._reader = self._reader, None
-            flags, self._flags = self._flags, None
-            app, self._app = self._app, None
-        if app is not None:
-            app.close()
-        if reader is not None:
-            reader.close()
-        if flags is not None:
-            flags.client.close()
 
 
 _default: Jobs | None = None
@@ -629,23 +501,56 @@ def submit(request: CourseRequest | Mapping[str, Any]) -> str:
     return default_jobs().submit(request)
 
 
-def status(job_id: str) -> JobStatus:
-    return default_jobs().status(job_id)
+def status(job_id: str, *, user_id: str, tenant_id: str) -> JobStatus:
+    """The job's status, acting for this user of this tenant."""
+    return default_jobs().as_user(user_id, tenant_id).status(job_id)
 
 
-def wait(job_id: str, timeout: float = 300.0) -> JobStatus:
-    return default_jobs().wait(job_id, timeout)
+def wait(job_id: str, timeout: float = 300.0, *, user_id: str, tenant_id: str) -> JobStatus:
+    """Wait for the job to finish, acting for this user of this tenant."""
+    return default_jobs().as_user(user_id, tenant_id).wait(job_id, timeout)
 
 
-def cancel(job_id: str) -> CancelOutcome:
-    return default_jobs().cancel(job_id)
+def cancel(job_id: str, *, user_id: str, tenant_id: str) -> CancelOutcome:
+    """Cancel the job, acting for this user of this tenant."""
+    return default_jobs().as_user(user_id, tenant_id).cancel(job_id)
 
 
 def list_jobs(
-    *,
-    status: Status | str | None = None,
-    user_id: str | None = None,
-    tenant_id: str | None = None,
-    limit: int = 50,
+    *, user_id: str, tenant_id: str, status: Status | str | None = None, limit: int = 50
 ) -> list[JobStatus]:
-    return default_jobs().list(status=status, user_id=user_id, tenant_id=tenant_id, limit=limit)
+    """This user's latest jobs in this tenant, newest first."""
+    return default_jobs().as_user(user_id, tenant_id).list(status=status, limit=limit)
+
+
+def operator() -> OperatorJobs:
+    """Every tenant's jobs, through the default :class:`Jobs`: for operators' tools only."""
+    return default_jobs().operator()
+
+
+__all__ = [
+    "COLUMNS",
+    "NO_STATUS_SOURCE_MESSAGE",
+    "CancelOutcome",
+    "InvalidRequestError",
+    "JobNotFound",
+    "JobStatus",
+    "Jobs",
+    "JobsError",
+    "OperatorJobs",
+    "PostgresReader",
+    "ServiceUnavailable",
+    "StatusReader",
+    "SupabaseReader",
+    "UnknownOwnerError",
+    "UserJobs",
+    "WaitTimeout",
+    "cancel",
+    "default_jobs",
+    "list_jobs",
+    "operator",
+    "parse_request",
+    "status",
+    "submit",
+    "wait",
+]

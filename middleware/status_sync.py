@@ -36,6 +36,7 @@ from .events import (
     storable_name,
 )
 from .redaction import clean_text
+from .sent import SENT, SentJobs
 from .storable import storable_text
 from .sync_metrics import get_metrics
 from .validation import add_throws
@@ -180,6 +181,8 @@ class JobStatusMiddleware(Middleware):
         ``cancel_check_interval`` seconds, at the running job's progress checkpoints
         (:meth:`check_cancelled` raises :class:`~middleware.errors.JobCancelled`, which ends
         the job ``cancelled`` and is never retried).
+      sent: where each job this process announces is noted with its owner and writer, so that
+        a producer can read its own job at once (:mod:`middleware.sent`; None: nowhere).
     """
 
     def __init__(
@@ -192,8 +195,10 @@ class JobStatusMiddleware(Middleware):
         progress_interval: float = 0.25,
         cancel_check_interval: float = 0.5,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        sent: SentJobs | None = SENT,
     ) -> None:
         self.writer = writer
+        self.sent = sent
         self.owner_of = owner_of
         self.track_all = track_all
         self.is_cancel_requested = is_cancel_requested
@@ -360,6 +365,8 @@ class JobStatusMiddleware(Middleware):
             fresh, state.fresh = state.fresh, None
             if fresh is not None:
                 self._submit(fresh, Status.PENDING, 0)
+                if self.sent is not None:
+                    self.sent.add(fresh[0], fresh[1], self.writer)
             elif (
                 "retries" in message.options
                 and delay is not None

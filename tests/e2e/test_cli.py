@@ -45,6 +45,10 @@ def submit(env: dict[str, str], owner: Owner, *args: str) -> str:
     return job_id
 
 
+def acting(owner: Owner) -> tuple[str, ...]:
+    return ("--user", owner.user_id, "--tenant", owner.tenant_id)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,7 +63,7 @@ def test_submit_watch_status_jobs_and_cancel(database_url: str, redis_url: str, 
     thin.write_text("Far too short for a course.", encoding="utf-8")
     with dramatiq_worker(worker_env, tmp_path / "worker.log", threads=2) as worker:
         course = submit(env, owner, str(DATA / "printing-press.md"), "--title", "Print", "--modules", "3")
-        watched = coursegen(env, "watch", course)
+        watched = coursegen(env, "watch", course, *acting(owner))
         assert watched.returncode == 0, watched.stderr
         lines = watched.stdout.strip().splitlines()
         assert lines[0].startswith(("pending", "active"))
@@ -68,16 +72,16 @@ def test_submit_watch_status_jobs_and_cancel(database_url: str, redis_url: str, 
         )
         assert lines[-1].startswith("completed ") and '"Print": 3 modules' in lines[-1]
 
-        status = coursegen(env, "status", course)
+        status = coursegen(env, "status", course, *acting(owner))
         assert status.returncode == 0
         assert f"job       {course}  (generate_course on course-generation)" in status.stdout
         assert re.search(r"^status +completed +\[#{24}\] 100%", status.stdout, re.M)
-        as_json = json.loads(coursegen(env, "status", course, "--json").stdout)
+        as_json = json.loads(coursegen(env, "status", course, "--json", *acting(owner)).stdout)
         assert (as_json["status"], as_json["attempt"], as_json["user_id"]) == ("completed", 1, owner.user_id)
         assert len(as_json["result"]["modules"]) == 3
 
         failing = submit(env, owner, str(thin))
-        watched = coursegen(env, "watch", failing)
+        watched = coursegen(env, "watch", failing, *acting(owner))
         assert watched.returncode == 1
         assert "CourseGenerationError: the sources hold 6 words" in watched.stdout.splitlines()[-1]
 
@@ -87,18 +91,18 @@ def test_submit_watch_status_jobs_and_cancel(database_url: str, redis_url: str, 
             timeout=30,
             what="the job to start",
         )
-        cancelled = coursegen(env, "cancel", running)
+        cancelled = coursegen(env, "cancel", running, *acting(owner))
         assert cancelled.returncode == 0
         assert cancelled.stdout.strip() == f"cancellation requested for job {running} (it was active)"
-        watched = coursegen(env, "watch", running)
+        watched = coursegen(env, "watch", running, *acting(owner))
         assert watched.returncode == 5 and watched.stdout.splitlines()[-1].startswith("cancelled ")
 
-        again = coursegen(env, "cancel", course)
+        again = coursegen(env, "cancel", course, *acting(owner))
         assert again.returncode == 1
         assert again.stdout.strip() == f"job {course} already finished (completed); nothing to cancel"
         assert worker.stop() == 0
 
-    table = coursegen(env, "jobs", "--user", owner.user_id)
+    table = coursegen(env, "jobs", *acting(owner))
     assert table.returncode == 0
     header, *rows = table.stdout.strip().splitlines()
     assert header.split() == ["JOB", "STATUS", "PROGRESS", "ATTEMPT", "UPDATED", "DETAIL"]
@@ -107,20 +111,58 @@ def test_submit_watch_status_jobs_and_cancel(database_url: str, redis_url: str, 
         [failing, "failed"],
         [course, "completed"],
     ]
-    only_failed = coursegen(env, "jobs", "--status", "failed", "--json")
+    only_failed = coursegen(env, "jobs", "--status", "failed", "--json", *acting(owner))
     assert [job["job_id"] for job in json.loads(only_failed.stdout)] == [failing]
-    assert coursegen(env, "jobs", "--user", str(uuid.uuid4())).stdout.strip() == "no jobs"
+    stranger = ("--user", str(uuid.uuid4()), "--tenant", owner.tenant_id)
+    assert coursegen(env, "jobs", *stranger).stdout.strip() == "no jobs"
+    # the operator's view: every tenant's jobs, filtered as asked
+    every_failed = coursegen(env, "admin", "jobs", "--status", "failed", "--json")
+    assert [job["job_id"] for job in json.loads(every_failed.stdout)] == [failing]
+    admin_status = json.loads(coursegen(env, "admin", "status", course, "--json").stdout)
+    assert admin_status["user_id"] == owner.user_id
+
+
+def test_another_users_job_is_no_such_job_for_every_command(database_url: str, redis_url: str) -> None:
+    """bob (same organization) and carol (another one) get exactly what an unknown job gets:
+    the same line, the same exit code; alice's job is untouched."""
+    alice = create_owner(database_url)
+    bob = Owner(alice.tenant_id, create_owner(database_url).user_id)
+    carol = create_owner(database_url, tenant_name="Globex")
+    env = app_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    job = submit(env, alice, str(DATA / "honeybees.txt"))  # no worker: it stays pending
+    for command in ("status", "watch", "cancel"):
+        unknown = coursegen(env, command, "no-such-job", *acting(bob))
+        one_line_error(unknown, 4, f"coursegen {command}: no job no-such-job")
+        for stranger in (bob, carol):
+            done = coursegen(env, command, job, *acting(stranger))
+            one_line_error(done, 4, f"coursegen {command}: no job {job}")
+            assert done.stderr.replace(job, "no-such-job") == unknown.stderr
+    # alice in carol's organization is not alice in hers
+    wrong_tenant = ("--user", alice.user_id, "--tenant", carol.tenant_id)
+    one_line_error(coursegen(env, "status", job, *wrong_tenant), 4, f"no job {job}")
+    for stranger in (bob, carol):
+        assert coursegen(env, "jobs", *acting(stranger)).stdout.strip() == "no jobs"
+    row = fetch_rows(database_url, [job])[job]
+    assert (row["status"], row["cancel_requested_at"]) == ("pending", None)
+    assert coursegen(env, "status", job, *acting(alice)).returncode == 0
 
 
 def test_every_command_explains_itself() -> None:
     env = app_env()
     top = coursegen(env, "--help")
     assert top.returncode == 0
-    for command in ("submit", "status", "watch", "jobs", "cancel", "migrate", "dev"):
+    for command in ("submit", "status", "watch", "jobs", "cancel", "admin", "migrate", "dev"):
         assert command in top.stdout
         done = coursegen(env, command, "--help")
         assert done.returncode == 0 and "exit codes:" in done.stdout, command
     assert "--tenant ID" in coursegen(env, "submit", "--help").stdout
+    for command in ("status", "watch", "jobs", "cancel"):
+        usage = coursegen(env, command, "--help").stdout
+        assert "--user ID --tenant ID" in usage, command  # required: never the operator's view
+        admin = coursegen(env, "admin", command, "--help")
+        assert admin.returncode == 0 and "Operator mode" in admin.stdout, command
+    missing = coursegen(env, "status", "some-job")
+    assert missing.returncode == 2 and "--user" in missing.stderr
 
 
 def test_errors_are_one_clear_line_with_their_own_exit_code(
@@ -130,20 +172,34 @@ def test_errors_are_one_clear_line_with_their_own_exit_code(
     owner = ("--tenant", str(uuid.uuid4()), "--user", str(uuid.uuid4()))
     doc = str(DATA / "honeybees.txt")
 
+    acting_for = owner[2:] + owner[:2]  # --user ..., --tenant ...
     for command in ("status", "watch", "cancel"):
-        one_line_error(coursegen(env, command, "no-such-job"), 4, f"coursegen {command}: no job no-such-job")
+        one_line_error(
+            coursegen(env, command, "no-such-job", *acting_for), 4, f"coursegen {command}: no job no-such-job"
+        )
+        one_line_error(
+            coursegen(env, "admin", command, "no-such-job"),
+            4,
+            f"coursegen admin {command}: no job no-such-job",
+        )
 
     redis_only = app_env(REDIS_URL=redis_url)
     for args in (("status", "x"), ("jobs",), ("cancel", "x"), ("watch", "x")):
         one_line_error(
-            coursegen(redis_only, *args), 2, "DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"
+            coursegen(redis_only, *args, *acting_for),
+            2,
+            "DATABASE_URL",
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
         )
 
     no_database = app_env(
         REDIS_URL=redis_url, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed_port()}/x"
     )
-    one_line_error(coursegen(no_database, "status", "x"), 3, "coursegen status: cannot reach the database")
-    one_line_error(coursegen(no_database, "jobs"), 3, "cannot reach the database")
+    one_line_error(
+        coursegen(no_database, "status", "x", *acting_for), 3, "coursegen status: cannot reach the database"
+    )
+    one_line_error(coursegen(no_database, "jobs", *acting_for), 3, "cannot reach the database")
     no_redis = app_env(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
     one_line_error(coursegen(no_redis, "submit", doc, *owner), 3, "coursegen submit: cannot reach Redis")
 
@@ -159,7 +215,8 @@ def test_errors_are_one_clear_line_with_their_own_exit_code(
     one_line_error(
         coursegen(env, "submit", str(tmp_path / "missing.md"), *owner), 2, "cannot read", "missing.md"
     )
-    one_line_error(coursegen(env, "jobs", "--user", "bob"), 2, "user_id must be a UUID")
+    one_line_error(coursegen(env, "jobs", "--user", "bob", "--tenant", owner[1]), 2, "user_id must be a UUID")
+    one_line_error(coursegen(env, "admin", "jobs", "--tenant", "acme"), 2, "tenant_id must be a UUID")
     bad_setting = {**env, "COURSEGEN_MAX_RETRIES": "lots"}
     one_line_error(
         coursegen(bad_setting, "submit", doc, *owner), 2, "invalid configuration", "COURSEGEN_MAX_RETRIES"

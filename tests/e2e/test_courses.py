@@ -94,9 +94,10 @@ def test_a_job_cancelled_while_queued_ends_cancelled_without_running(
     env = app_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
     victim, other = (item["job_id"] for item in send_jobs(env, [course_request(owner, "honeybees.txt")] * 2))
     jobs = Jobs(Settings(redis_url=redis_url, database_url=database_url))
+    me = jobs.as_user(owner.user_id, owner.tenant_id)
     try:
-        assert jobs.status(victim).status.value == "pending"  # no worker runs yet
-        outcome = jobs.cancel(victim)
+        assert me.status(victim).status.value == "pending"  # no worker runs yet
+        outcome = me.cancel(victim)
         assert (outcome.requested, outcome.status.value) == (True, "pending")
     finally:
         jobs.close()
@@ -129,7 +130,7 @@ def test_a_job_cancelled_while_running_stops_at_its_next_checkpoint_and_is_not_r
         wait_for(running, timeout=30, what="the job to be under way")
         jobs = Jobs(Settings(redis_url=redis_url, database_url=database_url))
         try:
-            outcome = jobs.cancel(job_id)
+            outcome = jobs.as_user(owner.user_id, owner.tenant_id).cancel(job_id)
         finally:
             jobs.close()
         assert (outcome.requested, outcome.status.value) == (True, "active")

@@ -118,6 +118,11 @@ WRITES = [
     "delete from public.job_status",
     "insert into public.organizations (name) values ('forged')",
     "select * from public.organizations",
+    # producers acting for a user: service_role only
+    "select * from public.user_job_status(gen_random_uuid(), gen_random_uuid(), 'x')",
+    "select * from public.user_job_list(gen_random_uuid(), gen_random_uuid())",
+    "select * from public.user_job_cancel(gen_random_uuid(), gen_random_uuid(), 'x')",
+    "select * from public.job_status_request_cancel('x')",
 ]
 
 
@@ -190,8 +195,12 @@ def test_every_function_we_create_has_a_fixed_search_path(database_url: str) -> 
     # the functions that held a copy of the transition rule are gone: job_status_write holds it
     assert not names & {"job_status_upsert", "job_status_update"}
     assert [(name, config) for name, config, _ in functions if 'search_path=""' not in config] == []
-    # security invoker everywhere, but for the one function that must read auth.users
-    assert [name for name, _, definer in functions if definer] == ["job_owner_problem(uuid,uuid)"]
+    # security invoker everywhere, but for the function that must read auth.users and the one
+    # that lets a signed-in user stamp a row of theirs they may not write
+    assert sorted(name for name, _, definer in functions if definer) == [
+        "cancel_job(text)",
+        "job_owner_problem(uuid,uuid)",
+    ]
 
 
 GRANTS_TO_API_ROLES = """
@@ -228,6 +237,8 @@ def test_no_grant_to_anon_authenticated_or_public_beyond_the_expected(database_u
     assert grants == {
         # signed-in users read job_status (RLS narrows it to their own rows)
         ("table", "job_status", "authenticated", "SELECT"),
+        # and cancel their own jobs (the function checks auth.uid())
+        ("function", "cancel_job(text)", "authenticated", "EXECUTE"),
         # PostgreSQL's default for types; using the enum grants no access to any row
         ("type", "job_state", "PUBLIC", "USAGE"),
     }

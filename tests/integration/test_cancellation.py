@@ -114,51 +114,54 @@ def test_jobs_api_reads_lists_waits_and_cancels_on_postgres(
     client = redis.Redis.from_url(redis_url)
     worker_view = RedisCancelFlags(client, refresh=0)  # what a worker reads
     jobs = Jobs(Settings(redis_url=redis_url, database_url=database_url))
+    me = jobs.as_user(owner.user_id, owner.tenant_id)
     try:
-        running = jobs.status(ids["running"])
+        running = me.status(ids["running"])
         assert (running.status, running.progress, running.progress_message) == (Status.ACTIVE, 40, "lessons")
         assert (running.tenant_id, running.user_id, running.finished) == (
             owner.tenant_id,
             owner.user_id,
             False,
         )
-        assert jobs.status(ids["done"]).result == {"title": "Tides"}
-        assert jobs.status(ids["done"]).as_dict()["status"] == "completed"
+        assert me.status(ids["done"]).result == {"title": "Tides"}
+        assert me.status(ids["done"]).as_dict()["status"] == "completed"
         with pytest.raises(JobNotFound, match="no job nobody"):
-            jobs.status("nobody")
+            me.status("nobody")
 
-        listed = jobs.list(user_id=owner.user_id)
+        listed = me.list()
         assert [j.job_id for j in listed] == [ids["done"], ids["running"], ids["queued"]]  # newest first
-        assert [j.job_id for j in jobs.list(status="completed", tenant_id=owner.tenant_id)] == [ids["done"]]
-        assert [j.job_id for j in jobs.list(user_id=owner.user_id, limit=1)] == [ids["done"]]
-        assert jobs.list(user_id=str(uuid.uuid4())) == []
+        assert [j.job_id for j in me.list(status="completed")] == [ids["done"]]
+        assert [j.job_id for j in me.list(limit=1)] == [ids["done"]]
+        assert jobs.as_user(uuid.uuid4(), owner.tenant_id).list() == []
         with pytest.raises(ValueError, match="user_id must be a UUID"):
-            jobs.list(user_id="bob")
+            jobs.as_user("bob", owner.tenant_id)
+        with pytest.raises(ValueError, match="tenant_id must be a UUID"):
+            jobs.as_user(owner.user_id, "acme")
 
-        assert jobs.wait(ids["done"], timeout=5).status is Status.COMPLETED
+        assert me.wait(ids["done"], timeout=5).status is Status.COMPLETED
         seen: list[Status] = []
         with pytest.raises(WaitTimeout) as timed_out:
-            jobs.wait(ids["running"], timeout=0.3, interval=0.05, on_change=lambda j: seen.append(j.status))
+            me.wait(ids["running"], timeout=0.3, interval=0.05, on_change=lambda j: seen.append(j.status))
         assert timed_out.value.last is not None and timed_out.value.last.status is Status.ACTIVE
         assert seen == [Status.ACTIVE]  # reported once: nothing changed
         with pytest.raises(JobNotFound):
-            jobs.wait("nobody", timeout=5, missing_grace=0.2)
+            me.wait("nobody", timeout=5, missing_grace=0.2)
 
         for name in ("queued", "running"):
-            outcome = jobs.cancel(ids[name])
+            outcome = me.cancel(ids[name])
             assert (outcome.requested, outcome.already, outcome.finished) == (True, False, False)
             assert "cancellation requested" in outcome.describe()
-            assert jobs.status(ids[name]).cancel_requested_at == outcome.cancel_requested_at is not None
+            assert me.status(ids[name]).cancel_requested_at == outcome.cancel_requested_at is not None
             assert worker_view.is_requested(ids[name])
-        again = jobs.cancel(ids["running"])
+        again = me.cancel(ids["running"])
         assert (again.requested, again.already) == (True, True)
 
-        finished = jobs.cancel(ids["done"])
+        finished = me.cancel(ids["done"])
         assert (finished.requested, finished.finished, finished.status) == (False, True, Status.COMPLETED)
         assert "already finished (completed); nothing to cancel" in finished.describe()
         assert not worker_view.is_requested(ids["done"])
         with pytest.raises(JobNotFound):
-            jobs.cancel("nobody")
+            me.cancel("nobody")
         assert not worker_view.is_requested("nobody")
     finally:
         jobs.close()
@@ -179,24 +182,38 @@ def test_jobs_api_through_supabase_rest(
         Settings(redis_url=redis_url),
         reader=SupabaseReader(STAND_IN_URL, key, http_client=http),
     )
+    me = jobs.as_user(owner.user_id, owner.tenant_id)
     try:
-        running = jobs.status(ids["running"])
+        running = me.status(ids["running"])
         assert (running.status, running.progress, running.user_id) == (Status.ACTIVE, 40, owner.user_id)
         assert running.updated_at is not None and running.updated_at.tzinfo is not None
         with pytest.raises(JobNotFound):
-            jobs.status("nobody")
-        listed = jobs.list(user_id=owner.user_id)
+            me.status("nobody")
+        listed = me.list()
         assert [j.job_id for j in listed] == [ids["done"], ids["running"], ids["queued"]]  # newest first
-        assert [j.job_id for j in jobs.list(user_id=owner.user_id, limit=2)] == [ids["done"], ids["running"]]
-        assert [j.job_id for j in jobs.list(status="completed", tenant_id=owner.tenant_id)] == [ids["done"]]
-        outcome = jobs.cancel(ids["running"])
+        assert [j.job_id for j in me.list(limit=2)] == [ids["done"], ids["running"]]
+        assert [j.job_id for j in me.list(status="completed")] == [ids["done"]]
+        outcome = me.cancel(ids["running"])
         assert (outcome.requested, outcome.already) == (True, False)
-        assert jobs.cancel(ids["done"]).finished
+        assert me.cancel(ids["done"]).finished
         with pytest.raises(JobNotFound):
-            jobs.cancel("nobody")
+            me.cancel("nobody")
+        # acting for a user, only the functions that check the owner are called
         assert {(c.method, c.path, c.role) for c in stand_in.log} == {
-            ("GET", "/rest/v1/job_status", "service_role"),
-            ("POST", "/rest/v1/rpc/job_status_request_cancel", "service_role"),
+            ("POST", "/rest/v1/rpc/user_job_status", "service_role"),
+            ("POST", "/rest/v1/rpc/user_job_list", "service_role"),
+            ("POST", "/rest/v1/rpc/user_job_cancel", "service_role"),
+        }
+        stand_in.reset_counts()
+        operator = jobs.operator()
+        assert operator.status(ids["queued"]).status is Status.PENDING
+        assert [j.job_id for j in operator.list(tenant_id=owner.tenant_id, status="completed")] == [
+            ids["done"]
+        ]
+        assert operator.cancel(ids["queued"]).requested
+        assert {(c.method, c.path) for c in stand_in.log} == {
+            ("GET", "/rest/v1/job_status"),
+            ("POST", "/rest/v1/rpc/job_status_request_cancel"),
         }
     finally:
         jobs.close()

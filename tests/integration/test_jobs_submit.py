@@ -44,8 +44,9 @@ def test_each_jobs_sends_through_the_broker_its_own_settings_describe(
         assert queued(first_url) == [one]
         assert queued(second_url) == [two]
         # the pending rows were written by each Jobs' own writer before submit returned
-        assert first.status(one).status.value == "pending"
-        assert second.status(two).status.value == "pending"
+        assert fetch_rows(database_url, [one])[one]["status"] == "pending"
+        assert first.as_user(owner.user_id, owner.tenant_id).status(one).status.value == "pending"
+        assert second.as_user(owner.user_id, owner.tenant_id).status(two).status.value == "pending"
         assert first.app.broker is not second.app.broker
         assert dramatiq.broker.global_broker is global_before  # nobody's global broker was touched
     finally:

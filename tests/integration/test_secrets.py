@@ -392,18 +392,20 @@ def test_the_commands_never_print_the_database_password(kind: str, tmp_path: Pat
     owner = ("--tenant", str(uuid.uuid4()), "--user", str(uuid.uuid4()))
     commands = [
         ("migrate",),
-        ("status", "some-job"),
-        ("watch", "some-job", "--timeout", "5"),
-        ("jobs",),
-        ("cancel", "some-job"),
+        ("status", "some-job", *owner),
+        ("watch", "some-job", "--timeout", "5", *owner),
+        ("jobs", *owner),
+        ("cancel", "some-job", *owner),
         ("submit", str(source), *owner),
+        ("admin", "status", "some-job"),
     ]
     for args in commands:
         done = coursegen(env, *args)
         printed = done.stdout + done.stderr
         assert_no_password(printed, f"coursegen {args[0]}")
         lines = done.stderr.strip().splitlines()
-        assert lines and lines[-1].startswith(f"coursegen {args[0]}: "), printed
+        command = " ".join(args[:2]) if args[0] == "admin" else args[0]
+        assert lines and lines[-1].startswith(f"coursegen {command}: "), printed
         if kind == "unreachable":  # the class of the error and where, never the password
             assert done.returncode == 3, printed
             assert lines[-1].endswith(f"cannot reach the database at 127.0.0.1:{port}/app (OperationalError)")
