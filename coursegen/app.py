@@ -29,6 +29,7 @@ from dramatiq.middleware import (
 )
 
 from middleware import JobStatusMiddleware, RedisCancelFlags, StatusWriter, install, progress
+from middleware.cancel_poll import CancelPoll
 from middleware.events import DEFAULT_MAX_RESULT_BYTES
 from middleware.outbox import OutboxStore, RedisOutbox
 from middleware.stores.base import StatusStore
@@ -90,6 +91,9 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware |
     status = None
     if settings.status_sync:
         outbox = RedisOutbox(broker.client)
+        flags = RedisCancelFlags(broker.client)
+        # workers copy cancellations requested in the database into the flags, one at a time
+        poll_database = kind != "outbox" and settings.cancel_poll_interval > 0
         writer = StatusWriter(
             make_store_factory(settings, outbox),
             # a producer without store credentials pushes to the outbox; it never drains it
@@ -99,10 +103,11 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware |
             max_buffer=settings.max_buffer,
             retry_attempts=settings.retry_attempts,
             retry_seconds=settings.retry_seconds,
+            cancel_poll=CancelPoll(flags, interval=settings.cancel_poll_interval) if poll_database else None,
         )
-        # a job whose cancellation was requested (coursegen.jobs.cancel) is skipped when picked
-        # up, or stopped at its next progress checkpoint
-        status = JobStatusMiddleware(writer, is_cancel_requested=RedisCancelFlags(broker.client).is_requested)
+        # a job whose cancellation was requested (coursegen.jobs.cancel, or in the database) is
+        # skipped when picked up, or stopped at its next progress checkpoint
+        status = JobStatusMiddleware(writer, is_cancel_requested=flags.is_requested)
     install(
         broker,
         status,

@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Redis commands per million that run the dead-worker sweep (Dramatiq: 1000)",
     )
+    cancel_poll_interval: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "seconds between the fleet's looks at the database for cancellations requested "
+            "there (cancel_job, a plain UPDATE): one worker process at a time asks, elected by a "
+            "Redis lease; 0 turns it off (only coursegen.jobs.cancel then reaches the workers)"
+        ),
+    )
     status_sync: bool = Field(
         True,
         description="mirror job status into the store; off leaves the middleware out entirely",

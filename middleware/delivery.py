@@ -104,6 +104,12 @@ class Delivery:
         self._stopping = stopping
         self._sleep = sleep
 
+    def get_store(self) -> StatusStore:
+        """The store, built on first use (in the writer thread, so after any fork)."""
+        if self.store is None:
+            self.store = self._store_factory()
+        return self.store
+
     def deliver(self, metrics: SyncMetrics, events: Sequence[StatusEvent], *, retry: bool) -> list[Outcome]:
         """One :class:`Outcome` per event, in order; rejections logged, counted and replaced.
 
@@ -178,9 +184,7 @@ class Delivery:
             tries += 1
             started = time.perf_counter()
             try:
-                if self.store is None:
-                    self.store = self._store_factory()
-                outcomes = self.store.apply(events)
+                outcomes = self.get_store().apply(events)
             except StoreError as exc:
                 metrics.writes.labels("failure").inc()
                 metrics.failures.labels(exc.reason).inc()

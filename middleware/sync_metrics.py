@@ -87,6 +87,19 @@ class SyncMetrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.cancel_polls = Counter(
+            "job_status_sync_cancel_polls",
+            "Turns of the fleet's cancel poller in this process that read the store (polled: this "
+            "process held the lease) or failed; the fleet's sum of polled is its database queries.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.cancel_requests_copied = Counter(
+            "job_status_sync_cancel_requests_copied",
+            "Cancellation requests found in the database (cancel_job, a plain UPDATE) and "
+            "flagged for the workers.",
+            registry=registry,
+        )
         self.lost = Counter(
             "job_status_sync_lost_events",
             "Status events neither written nor kept: the store and the outbox were both down "
@@ -144,6 +157,7 @@ class DisabledMetrics(SyncMetrics):
 
     def __init__(self) -> None:
         self.events = self.writes = self.failures = self.dead_letters = self.lost = _Disabled()
+        self.cancel_polls = self.cancel_requests_copied = _Disabled()
         self.write_seconds = self.lag_seconds = _Disabled()
         self.queue_depth = self.outbox_depth = self.dead_letter_depth = _Disabled()
 

@@ -10,6 +10,9 @@ in-memory :class:`~middleware.buffer.EventBuffer`. The thread takes a batch ever
   only a store that cannot be reached or refuses every batch;
 * between batches it drains the outbox (:class:`~middleware.drain.OutboxDrainer`), so that
   what was spilled, and what producers without a store pushed, reaches the store;
+* in a worker process it also takes its turns in the fleet's cancel poll
+  (:class:`~middleware.cancel_poll.CancelPoll`): cancellations requested in the database
+  reach the Redis flags every worker reads;
 * the buffer is flushed on :meth:`close` (worker shutdown) and at interpreter exit.
 """
 
@@ -25,6 +28,7 @@ import weakref
 from collections.abc import Callable
 
 from .buffer import DROPPED_PROGRESS, OVERFLOW, EventBuffer
+from .cancel_poll import CancelPoll
 from .delivery import Delivery, StoreUnavailable, job_ids
 from .drain import Drained, OutboxDrainer, log_drained
 from .errors import TransientStoreError
@@ -51,6 +55,8 @@ class StatusWriter:
       drain_interval: seconds between looks at the outbox while it is empty.
       max_block: seconds a submitting thread waits for room in a full buffer.
       close_timeout: seconds :meth:`close` waits for the last batches.
+      cancel_poll: the fleet's cancel poll, taken part in once :meth:`start` was called (a
+        worker booting); producers start the thread lazily and never poll.
       sleep: how tenacity sleeps (tests inject a fake).
     """
 
@@ -71,8 +77,10 @@ class StatusWriter:
         close_timeout: float = 15.0,
         sleep: Callable[[float], None] = time.sleep,
         metrics: Callable[[], SyncMetrics] = get_metrics,
+        cancel_poll: CancelPoll | None = None,
     ) -> None:
         self._store_factory = store_factory
+        self.cancel_poll = cancel_poll
         self.outbox = outbox
         self.flush_interval = flush_interval
         self.max_batch = max_batch
@@ -115,6 +123,7 @@ class StatusWriter:
         self._drain_started = 0.0
         self._next_depth_check = 0.0
         self._atexit_registered = False
+        self._polling = False  # a worker's writer takes its turns in the cancel poll
 
     def __repr__(self) -> str:
         return f"StatusWriter(buffered={len(self._buffer)}, degraded={self._degraded})"
@@ -199,8 +208,9 @@ class StatusWriter:
 
     def start(self) -> None:
         """Start the thread now rather than at the first event (a worker must drain the
-        outbox even before it processes anything)."""
+        outbox even before it processes anything), and take part in the cancel poll."""
         with self._cond:
+            self._polling = self.cancel_poll is not None
             if self._thread is None:
                 self._start()
 
@@ -259,6 +269,8 @@ class StatusWriter:
                 try:
                     self._maybe_drain(metrics)
                     self._update_outbox_depth(metrics)
+                    if self._polling and not self._degraded and self.cancel_poll is not None:
+                        self.cancel_poll.maybe_poll(self._delivery.get_store, metrics)
                 except Exception:  # the thread must outlive any outbox surprise; a claim taken
                     # here and not settled comes back when its lease ends
                     logger.exception("Status writer failed on the outbox.", extra={"action": "sync_error"})

@@ -3,6 +3,7 @@ the arrays of ``public.job_status_write`` and its answer."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Sequence
 from operator import attrgetter
@@ -52,6 +53,31 @@ class StatusStore(Protocol):
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]: ...
 
     def close(self) -> None: ...
+
+
+class CancelRequest(NamedTuple):
+    """A cancellation request stamped on a row (``cancel_requested_at``); ``live``: the job had
+    not finished when it was read."""
+
+    job_id: str
+    requested_at: dt.datetime
+    live: bool
+
+
+@runtime_checkable
+class CancelSource(Protocol):
+    """What the fleet's cancel poller (:mod:`middleware.cancel_poll`) asks of a store that has
+    them: both stores do, through ``public.job_status_cancel_requests`` and
+    ``public.job_status_stamp_cancels``. Errors as for :meth:`StatusStore.apply`."""
+
+    def cancel_requests(self, since: dt.datetime, after_job_id: str, limit: int) -> list[CancelRequest]:
+        """The stamps after ``(since, after_job_id)`` in (time, job id) order, at most ``limit``."""
+        ...
+
+    def stamp_cancels(self, requests: Sequence[tuple[str, dt.datetime]]) -> list[str]:
+        """Stamp the unstamped rows of these (job id, time of the request); the ids that have
+        a row."""
+        ...
 
 
 WRITE_FUNCTION = "job_status_write"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..conninfo import check_conninfo, describe_conninfo
 from ..errors import PermanentStoreError, RejectedBatchError, TransientStoreError
 from ..events import StatusEvent
-from .base import Outcome, as_uuid, write, write_arrays
+from .base import CancelRequest, Outcome, as_uuid, write, write_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ WRITE_SQL = (
     " %b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::float8[], %b::int2[], %b::text[],"
     " %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[])"
 )
+
+# What the fleet's cancel poller reads and stamps (middleware/cancel_poll.py)
+CANCEL_REQUESTS_SQL = (
+    "select job_id, cancel_requested_at, live from public.job_status_cancel_requests(%s, %s, %s)"
+)
+STAMP_CANCELS_SQL = "select public.job_status_stamp_cancels(%s::text[], %s::timestamptz[])"
 
 # SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
 # intervention (shutdown, cancel), and transaction rollbacks (deadlock, serialization).
@@ -116,6 +123,28 @@ class PostgresStatusStore:
         except UnicodeError as exc:  # a text the driver cannot encode
             raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         return row[0] if row is not None else None
+
+    def cancel_requests(self, since: dt.datetime, after_job_id: str, limit: int) -> list[CancelRequest]:
+        rows = self._query(CANCEL_REQUESTS_SQL, (since, after_job_id, limit))
+        return [CancelRequest(job_id, when, live) for job_id, when, live in rows]
+
+    def stamp_cancels(self, requests: Sequence[tuple[str, dt.datetime]]) -> list[str]:
+        params = ([job_id for job_id, _ in requests], [when for _, when in requests])
+        return [job_id for (job_id,) in self._query(STAMP_CANCELS_SQL, params)]
+
+    def _query(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """One statement on a pooled connection; errors classified as for :meth:`apply`."""
+        try:
+            with self._get_pool().connection() as conn:
+                return conn.execute(statement, params).fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if _disconnected(exc):
+                self._discard_pool()
+            raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
+        except psycopg.Error as exc:
+            if _transient(exc):
+                raise TransientStoreError(_describe(exc, self._where), reason=_reason_for(exc)) from exc
+            raise PermanentStoreError(_describe(exc, self._where)) from exc
 
     def _discard_pool(self) -> None:
         """Forget a pool that lost its database; the next call builds a new one.

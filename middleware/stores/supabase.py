@@ -25,6 +25,7 @@ store checks that the two add up to the batch: no missing answer ever reads as "
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -44,7 +45,7 @@ from ..errors import (
 )
 from ..events import StatusEvent
 from ..redaction import clean_text, redact
-from .base import REQUIRED_PARAMS, WRITE_FUNCTION, WRITE_PARAMS, Outcome, write, write_arrays
+from .base import REQUIRED_PARAMS, WRITE_FUNCTION, WRITE_PARAMS, CancelRequest, Outcome, write, write_arrays
 
 if TYPE_CHECKING:
     from supabase import Client
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RPC_FUNCTION = WRITE_FUNCTION
+#: what the fleet's cancel poller calls (middleware/cancel_poll.py)
+CANCEL_REQUESTS_FUNCTION = "job_status_cancel_requests"
+STAMP_CANCELS_FUNCTION = "job_status_stamp_cancels"
 
 #: PostgREST's own codes for "the database is unreachable right now": could not connect (000),
 #: internal connection error (001), schema cache not loaded (002), pool acquisition timeout (003).
@@ -175,6 +179,52 @@ class SupabaseStatusStore:
         except UnicodeError as exc:  # a text the client cannot encode
             raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         return response.data
+
+    def cancel_requests(self, since: dt.datetime, after_job_id: str, limit: int) -> list[CancelRequest]:
+        args = {"since": since.isoformat(), "after_job_id": after_job_id, "max_rows": limit}
+        rows = self._rpc(CANCEL_REQUESTS_FUNCTION, args)
+        try:
+            return [
+                CancelRequest(
+                    str(row["job_id"]),
+                    dt.datetime.fromisoformat(row["cancel_requested_at"]),
+                    bool(row["live"]),
+                )
+                for row in rows
+            ]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise PermanentStoreError(
+                f"unexpected answer from {CANCEL_REQUESTS_FUNCTION}", reason="bad_response"
+            ) from exc
+
+    def stamp_cancels(self, requests: Sequence[tuple[str, dt.datetime]]) -> list[str]:
+        args = {
+            "job_ids": [job_id for job_id, _ in requests],
+            "requested_ats": [when.isoformat() for _, when in requests],
+        }
+        return [str(job_id) for job_id in self._rpc(STAMP_CANCELS_FUNCTION, args)]
+
+    def _rpc(self, function: str, args: dict[str, Any]) -> list[Any]:
+        """A function answering a JSON array, other than job_status_write: one POST, errors
+        classified as for it."""
+        from postgrest.exceptions import APIError
+
+        self._local.status = None
+        try:
+            data = self._get_client().rpc(function, args).execute().data
+        except httpx.TimeoutException as exc:
+            raise TransientStoreError(
+                f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise TransientStoreError(
+                f"cannot reach Supabase: {type(exc).__name__}: {self._clean(str(exc))}", reason="connection"
+            ) from exc
+        except APIError as exc:
+            raise self._error_for(getattr(self._local, "status", None), exc, 0) from exc
+        if not isinstance(data, list):
+            raise PermanentStoreError(f"unexpected answer from {function}", reason="bad_response")
+        return data
 
     def _error_for(self, status: int | None, exc: Any, events: int) -> StoreError:
         """Classified by the SQLSTATE when PostgREST passed one on, as the Postgres store does

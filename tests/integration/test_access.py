@@ -118,11 +118,13 @@ WRITES = [
     "delete from public.job_status",
     "insert into public.organizations (name) values ('forged')",
     "select * from public.organizations",
-    # producers acting for a user: service_role only
+    # producers acting for a user, and the fleet's cancel poller: service_role only
     "select * from public.user_job_status(gen_random_uuid(), gen_random_uuid(), 'x')",
     "select * from public.user_job_list(gen_random_uuid(), gen_random_uuid())",
     "select * from public.user_job_cancel(gen_random_uuid(), gen_random_uuid(), 'x')",
     "select * from public.job_status_request_cancel('x')",
+    "select * from public.job_status_cancel_requests('-infinity')",
+    "select * from public.job_status_stamp_cancels(array['x'], array[now()])",
 ]
 
 
