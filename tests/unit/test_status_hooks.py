@@ -478,3 +478,31 @@ def test_an_event_that_cannot_be_built_is_replaced_by_a_plain_one_of_the_same_ou
     assert plain[0].next_retry_at is not None
     assert plain[1].result is None and "MemoryError" in (plain[1].error_message or "")
     assert harness.store.last(job_id).status is Status.COMPLETED
+
+
+def test_a_sent_job_is_noted_with_its_owner_and_writer_for_read_your_writes(harness: Harness) -> None:
+    from middleware.sent import SENT
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> None:
+        return None
+
+    payload = owner_payload()
+    message = build_course.send(payload)
+    sent = SENT.get(message.message_id)
+    assert sent is not None
+    assert (sent.owner.tenant_id, sent.owner.user_id) == (payload["tenant_id"], payload["user_id"])
+    assert sent.writer is harness.middleware.writer
+    assert SENT.get("never-sent") is None
+
+
+def test_the_sent_jobs_are_bounded_oldest_first() -> None:
+    from middleware.events import Owner
+    from middleware.sent import SentJobs
+
+    sent = SentJobs(max_jobs=3)
+    owner = Owner("t", "u")
+    for i in range(5):
+        sent.add(f"job-{i}", owner, None)  # type: ignore[arg-type]
+    assert len(sent) == 3
+    assert [sent.get(f"job-{i}") is not None for i in range(5)] == [False, False, True, True, True]
