@@ -172,8 +172,11 @@ def parse_request(request: CourseRequest | Mapping[str, Any]) -> CourseRequest:
 
 
 def _check_uuid(name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
+    return None if value is None else _uuid(name, value)
+
+
+def _uuid(name: str, value: str | uuid.UUID) -> str:
+    """``value`` in the canonical form of a UUID; ``ValueError`` naming ``name`` otherwise."""
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
@@ -412,10 +415,7 @@ class UserJobs(_View):
 
     def __init__(self, jobs: Jobs, user_id: str | uuid.UUID, tenant_id: str | uuid.UUID) -> None:
         super().__init__(jobs)
-        user = _check_uuid("user_id", str(user_id))
-        tenant = _check_uuid("tenant_id", str(tenant_id))
-        assert user is not None and tenant is not None
-        self.owner = Owner(tenant, user)
+        self.owner = Owner(_uuid("tenant_id", tenant_id), _uuid("user_id", user_id))
 
     def __repr__(self) -> str:
         return f"UserJobs(user_id={self.owner.user_id!r}, tenant_id={self.owner.tenant_id!r})"
