@@ -43,8 +43,8 @@ import psutil
 import psycopg
 import redis
 
+from coursegen.embedded import LocalPostgres, LocalRedis
 from coursegen.jobs import Jobs
-from coursegen.local import LocalPostgres, LocalRedis
 from coursegen.migrate import migrate
 from coursegen.settings import Settings
 from tests.support.postgrest import (

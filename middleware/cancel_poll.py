@@ -42,8 +42,8 @@ from typing import Any
 
 from .cancel import RedisCancelFlags
 from .errors import StoreError
-from .sync_metrics import SyncMetrics
 from .stores.base import CancelSource
+from .sync_metrics import SyncMetrics
 
 logger = logging.getLogger(__name__)
 

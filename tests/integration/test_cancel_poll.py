@@ -20,9 +20,9 @@ from middleware import RedisCancelFlags
 from middleware.cancel_poll import CancelPoll, PollResult
 from middleware.errors import TransientStoreError
 from middleware.events import Owner, Status, StatusEvent
-from middleware.sync_metrics import SyncMetrics
 from middleware.stores.base import APPLIED, CancelRequest, Outcome, StatusStore
 from middleware.stores.postgres import PostgresStatusStore
+from middleware.sync_metrics import SyncMetrics
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.stores import STORE_KINDS, open_store
