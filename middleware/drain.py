@@ -46,6 +46,7 @@ class DrainResult:
     state: Drained
     entries: int = 0  # entries in the claim
     delivered: int = 0  # entries the store answered for (good events of a settled claim)
+    reason: str | None = None  # STORE_DOWN: why the store could not take the claim
 
 
 class OutboxDrainer:
@@ -75,9 +76,11 @@ class OutboxDrainer:
             good.append((raw, event, tries))
         put_back: list[bytes | str] = []
         state = Drained.SOME
+        reason = None
         try:
             outcomes = self.delivery.deliver(metrics, [event for _raw, event, _tries in good], retry=False)
         except StoreUnavailable as exc:
+            reason = exc.reason
             if exc.reason != UNEXPECTED:
                 put_back = [raw for raw, _event, _tries in good]
                 state = Drained.STORE_DOWN
@@ -93,7 +96,7 @@ class OutboxDrainer:
                 if outcome.rejected:
                     dead.append((raw, f"rejected: {outcome.reason}"))
         self._settle(metrics, claim, put_back, dead)
-        return DrainResult(state, len(claim), 0 if state is Drained.STORE_DOWN else len(good))
+        return DrainResult(state, len(claim), 0 if state is Drained.STORE_DOWN else len(good), reason)
 
     def _settle(
         self, metrics: SyncMetrics, claim: Claim, put_back: list[bytes | str], dead: list[tuple[bytes, str]]

@@ -362,6 +362,12 @@ class StatusWriter:
                 log_drained(self._drained, self._drain_started)
                 self._drained = 0
         elif result.state is Drained.STORE_DOWN:
+            if not self._degraded:  # found down by the drain: said once, as a failed write says it
+                logger.warning(
+                    "Status store unavailable (%s); spilling to the outbox until it answers.",
+                    result.reason,
+                    extra={"action": "sync_spill", "reason": result.reason},
+                )
             self._degraded = True
             self._next_probe = time.monotonic() + self.probe_interval
         else:

@@ -324,3 +324,27 @@ def test_a_batch_refused_for_its_data_is_split_until_the_bad_event_stands_alone(
     assert (replaced.status, replaced.error_type) == (Status.COMPLETED, "StatusEventRejected")
     assert "rejected_batch" in (replaced.error_message or "")
     assert outbox.depth() == 0 and outbox.dead_depth() == 0
+
+
+def test_a_store_found_down_by_the_drain_is_said_once_and_the_writer_spills(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain may be the first to meet a store that went down (a cancel poll, another drain
+    or nothing may have written since): the writer says so, as a failed write does, before it
+    spills its own batches without asking the store."""
+    key = f"ob:down:{uuid.uuid4()}"
+    outbox = RedisOutbox(client, key=key)
+    outbox.push(events(3))
+    store = RecordingStore(fail_times=1_000)
+    writer = StatusWriter(lambda: store, outbox=outbox, flush_interval=0.01, drain_interval=0.05)
+    writer.start()
+    try:
+        wait_for(lambda: writer.degraded, timeout=10, what="the drain to find the store down")
+        writer.submit(events(4)[3])
+        assert writer.flush(timeout=5)
+    finally:
+        writer.close(timeout=5)
+    spills = [r for r in caplog.records if r.__dict__.get("action") == "sync_spill"]
+    assert len(spills) == 1 and "spilling" in spills[0].getMessage()
+    assert all(len(batch) <= 3 for batch in store.failed_batches)  # only drains asked the store
+    assert sorted(ids(client.lrange(key, 0, -1))) == ["job-0", "job-1", "job-2", "job-3"]
