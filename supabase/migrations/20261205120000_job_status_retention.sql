@@ -51,11 +51,12 @@
 -- purge, tombstones) with the table's settings, in one transaction; it answers with the counts.
 --
 -- Cost (benchmarks/README.md, "Retention"; backend CPU per event, 20,000 events in batches of
--- 400, median of 9 rounds, before -> after): a `completed` event on a pending row (an update)
--- is unchanged, 5.13 -> 5.00 us on PostgreSQL 15 (updates never read the tombstones); a
--- `pending` event of a new job (an insert) pays the two probes, 14.6-15.2 -> 15.5-16.1 us
--- (+0.9), +2.6 with 100,000 tombstones. One purge batch of 5,000 rows: 47.8 -> 23.9 ms of
--- backend CPU (5,000 tombstones instead of 5,000 Broadcast messages).
+-- 400, median of 9 rounds, two runs, before -> after): a `completed` event on a pending row (an
+-- update) is unchanged, 5.13 -> 5.00 and 6.21 -> 6.22 us on PostgreSQL 15 (updates never read
+-- the tombstones); a `pending` event of a new job (an insert) pays the two probes, 15.19 ->
+-- 16.11 and 17.07 -> 18.05 us, and +2.6 to +3.0 us with 100,000 tombstones (PostgreSQL 18:
+-- +0.2 to +0.8, +2.3 to +3.5). One purge batch of 5,000 rows: 47.8 -> 23.9 ms of backend CPU
+-- (5,000 tombstones instead of 5,000 Broadcast messages).
 
 create table public.job_status_retention (
   id boolean primary key default true check (id),  -- one row
