@@ -31,7 +31,8 @@ test: $(VENV)
 test-faults: $(VENV)
 	$(call run_pytest,tests/faults -s $(PYTEST_ARGS))
 
-## test-pg15: the SQL tests again, on a Debian PostgreSQL 15 cluster instead of the embedded 18.
+## test-pg15: the SQL tests again, on a Debian PostgreSQL 15 cluster instead of the embedded 18
+## (the slow ones too: a real pg_cron run of the retention schedule).
 test-pg15: $(VENV)
 	export COURSEGEN_TEST_PG_BINDIR=$(PG15_BINDIR); $(call run_pytest,-m sql $(PYTEST_ARGS))
 

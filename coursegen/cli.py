@@ -37,7 +37,7 @@ exit codes:
   124  the job was still running when --timeout ran out (watch)
 
 environment: REDIS_URL (submit, cancel, outbox), DATABASE_URL or SUPABASE_URL with
-SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel, migrate needs DATABASE_URL)
+SUPABASE_SERVICE_ROLE_KEY (status, watch, jobs, cancel; migrate and purge need DATABASE_URL)
 
 status, watch, jobs and cancel act for the user and tenant given (--user, --tenant): another
 user's job is "no such job". `coursegen admin ...` sees every tenant's jobs (operators only)."""
@@ -73,6 +73,47 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print("applied: " + ", ".join(applied))
     else:
         print("nothing to apply: the database is up to date")
+    print(_retention_line(conninfo))
+    return EXIT_OK
+
+
+def _retention_line(conninfo: str) -> str:
+    """Whether pg_cron runs retention here, or `coursegen purge` has to."""
+    import psycopg
+
+    from .retention import CRON_JOB, scheduled
+
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            schedule = scheduled(conn)
+    except psycopg.Error:
+        schedule = None
+    if schedule is not None:
+        return f"retention: scheduled by pg_cron (job {CRON_JOB}, {schedule})"
+    return (
+        "retention: not scheduled here (no pg_cron for this database): run `coursegen purge` "
+        "from a scheduler (README, Retention)"
+    )
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from .retention import RetentionError, describe, run
+
+    conninfo = load_settings().require_database_url()
+    try:
+        counts, used = run(
+            conninfo,
+            older_than=args.older_than,
+            expire_after=args.expire_after,
+            keep_tombstones=args.keep_tombstones,
+            batch_size=args.batch,
+        )
+    except RetentionError as exc:
+        code = {"unreachable": EXIT_UNREACHABLE, "invalid": EXIT_CONFIG}.get(exc.reason, EXIT_FAILED)
+        return _fail("purge", str(exc), code)
+    print(f"expired: {counts.expired} (unfinished, no news for {describe(used.expire_after)})")
+    print(f"purged: {counts.purged} (finished more than {describe(used.keep_finished)} ago)")
+    print(f"tombstones dropped: {counts.tombstones_dropped} (older than {describe(used.keep_tombstones)})")
     return EXIT_OK
 
 
@@ -340,6 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
         "does. On plain PostgreSQL (no auth schema) the local Supabase base is applied first.",
     )
     migrate.set_defaults(func=_cmd_migrate)
+
+    purge = command(
+        "purge",
+        "end unfinished jobs without news, delete old finished ones (reads DATABASE_URL)",
+        "Retention, where pg_cron does not run it (`coursegen migrate` says which): rows "
+        "unfinished with no news for --expire-after end 'failed' (Expired); rows finished more "
+        "than --older-than ago are deleted, each leaving a tombstone so that a late event "
+        "cannot bring its job back; tombstones go after --keep-tombstones. Each runs in "
+        "batches of --batch rows, one transaction each, until none is left; the counts are "
+        "printed. Defaults: the row of public.job_status_retention, which the pg_cron job "
+        "reads too (30 days, 7 days, 30 days, 5000 unless changed there). Intervals as "
+        "PostgreSQL reads them: '30 days', '7d', '12h'. Run it every 15 minutes to an hour.",
+    )
+    purge.add_argument("--older-than", metavar="INTERVAL", help="purge rows finished longer ago than this")
+    purge.add_argument(
+        "--expire-after", metavar="INTERVAL", help="end unfinished rows that had no news for this long"
+    )
+    purge.add_argument("--keep-tombstones", metavar="INTERVAL", help="drop tombstones older than this")
+    purge.add_argument("--batch", type=int, metavar="N", help="rows per statement (1 to 100000)")
+    purge.set_defaults(func=_cmd_purge)
 
     dev = command(
         "dev",

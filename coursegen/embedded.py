@@ -23,12 +23,14 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +58,7 @@ PG_CTL_TIMEOUT = 60
 _LOG_TAIL_LINES = 40
 _STOP_MODES = frozenset({"smart", "fast", "immediate"})
 _MARKER = "# --- added by coursegen.embedded ---"
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 class LocalServiceError(RuntimeError):
@@ -408,16 +411,29 @@ class LocalPostgres(_Service):
     The cluster is created on the first ``start()`` if ``data_dir`` is missing or empty, with
     trust authentication for the superuser role ``postgres``, UTF8 and the C locale, no Unix
     socket and ``max_connections = 200``; durability settings (fsync, ...) keep their defaults.
+    ``settings`` are server settings given to every start on the command line (``-c
+    name=value``), for what ``postgresql.conf`` does not hold: say
+    ``{"shared_preload_libraries": "pg_cron", "cron.database_name": "app"}``.
     Usable as a context manager (start on enter, stop on exit).
     """
 
     service = "PostgreSQL"
 
-    def __init__(self, data_dir: Path, bindir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        bindir: Path | None = None,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.bindir = Path(bindir).absolute() if bindir is not None else embedded_pg_bindir()
         self.log_path = self.data_dir / PG_LOG_NAME
         self._port = port
+        self.settings = dict(settings or {})
+        for name in self.settings:
+            if not _SETTING_NAME.fullmatch(name):
+                raise ValueError(f"not a PostgreSQL setting name: {name!r}")
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -516,7 +532,7 @@ class LocalPostgres(_Service):
                 "-l",
                 str(self.log_path),
                 "-o",
-                f"-p {self._port}",
+                self._server_options(),
             ],
             user,
         )
@@ -577,6 +593,12 @@ class LocalPostgres(_Service):
         return f"<LocalPostgres {self.data_dir} port={self._port} running={self.running}>"
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _server_options(self) -> str:
+        """The postgres command line options ``pg_ctl -o`` passes on (through ``/bin/sh``)."""
+        options = [f"-p {self._port}"]
+        options += [f"-c {shlex.quote(f'{name}={value}')}" for name, value in self.settings.items()]
+        return " ".join(options)
 
     def _run(self, args: list[str], user: _OsUser | None) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL tool as ``user`` (None: as ourselves), stdout and stderr merged.

@@ -8,12 +8,15 @@ import json
 import re
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from middleware.events import Owner
+from middleware.events import Owner, Status, StatusEvent
+from middleware.stores.postgres import PostgresStatusStore
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import BIN, app_env, dramatiq_worker
 
@@ -151,7 +154,7 @@ def test_every_command_explains_itself() -> None:
     env = app_env()
     top = coursegen(env, "--help")
     assert top.returncode == 0
-    for command in ("submit", "status", "watch", "jobs", "cancel", "admin", "migrate", "dev"):
+    for command in ("submit", "status", "watch", "jobs", "cancel", "admin", "migrate", "purge", "dev"):
         assert command in top.stdout
         done = coursegen(env, command, "--help")
         assert done.returncode == 0 and "exit codes:" in done.stdout, command
@@ -220,4 +223,67 @@ def test_errors_are_one_clear_line_with_their_own_exit_code(
     bad_setting = {**env, "COURSEGEN_MAX_RETRIES": "lots"}
     one_line_error(
         coursegen(bad_setting, "submit", doc, *owner), 2, "invalid configuration", "COURSEGEN_MAX_RETRIES"
+    )
+
+
+def test_purge_expires_purges_and_says_how_many(database_url: str, empty_database_url: str) -> None:
+    owner = create_owner(database_url)
+    now = time.time()
+    finished = [f"finished-{i}-{uuid.uuid4()}" for i in range(3)]
+    quiet, busy = f"quiet-{uuid.uuid4()}", f"busy-{uuid.uuid4()}"
+    store = PostgresStatusStore(database_url)
+    try:
+        store.apply(
+            [StatusEvent(job, Status.COMPLETED, 1, owner, "a", "q", now - 40 * 86400) for job in finished]
+            + [
+                StatusEvent(quiet, Status.ACTIVE, 1, owner, "a", "q", now - 9 * 86400),
+                StatusEvent(busy, Status.ACTIVE, 1, owner, "a", "q", now),
+            ]
+        )
+    finally:
+        store.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "update public.job_status set created_at = now() - interval '40 days',"
+            " updated_at = now() - interval '9 days' where job_id <> %s",
+            (busy,),
+        )
+    env = app_env(DATABASE_URL=database_url)
+
+    # the database's settings (30 days, 7 days, 30 days), in batches of two until done
+    done = coursegen(env, "purge", "--batch", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "expired: 1 (unfinished, no news for 7 days)",
+        "purged: 3 (finished more than 30 days ago)",
+        "tombstones dropped: 0 (older than 30 days)",
+    ]
+    rows = fetch_rows(database_url)
+    assert set(rows) == {quiet, busy}
+    assert (rows[quiet]["status"], rows[quiet]["error_type"]) == ("failed", "Expired")
+    assert coursegen(env, "purge").stdout.splitlines()[:2] == [
+        "expired: 0 (unfinished, no news for 7 days)",
+        "purged: 0 (finished more than 30 days ago)",
+    ]
+
+    # one run's horizons from the command line
+    done = coursegen(env, "purge", "--older-than", "0", "--expire-after", "12h", "--keep-tombstones", "0s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "expired: 0 (unfinished, no news for 12:00:00)",
+        "purged: 1 (finished more than 0 days ago)",
+        "tombstones dropped: 4 (older than 0 days)",
+    ]
+    assert set(fetch_rows(database_url)) == {busy}
+
+    one_line_error(
+        coursegen(env, "purge", "--older-than", "lately"), 2, "--older-than: 'lately' is not an interval"
+    )
+    one_line_error(coursegen(env, "purge", "--expire-after", "0"), 2, "--expire-after must be positive")
+    one_line_error(coursegen(env, "purge", "--batch", "0"), 2, "batch size")
+    one_line_error(coursegen(app_env(), "purge"), 2, "DATABASE_URL is not set")
+    unreachable = app_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
+    one_line_error(coursegen(unreachable, "purge"), 3, "coursegen purge: cannot reach the database")
+    one_line_error(
+        coursegen(app_env(DATABASE_URL=empty_database_url), "purge"), 1, "run `coursegen migrate` first"
     )

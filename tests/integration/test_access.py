@@ -112,6 +112,13 @@ WRITES = [
     "select * from public.job_status_apply('" + EVENTS + "'::jsonb)",
     "select public.job_status_write('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
     "select public.job_status_purge(interval '1 day')",
+    "select public.job_status_expire(interval '1 day')",
+    "select public.job_status_purge_tombstones(interval '1 day')",
+    "select public.job_status_retention_run()",
+    "select * from public.job_status_retention",
+    "update public.job_status_retention set batch_size = 10",
+    "select * from public.job_status_tombstones",
+    "insert into public.job_status_tombstones (job_id) values ('forged')",
     "insert into public.job_status (job_id, tenant_id, user_id, actor_name, queue_name, status, event_at) "
     "select 'forged', tenant_id, user_id, 'a', 'q', 'completed', now() from public.job_status limit 1",
     "update public.job_status set status = 'completed'",
@@ -180,7 +187,7 @@ def test_row_level_security_is_on_for_every_table_we_create(database_url: str) -
                 "where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')"
             ).fetchall()
         )
-    assert {"job_status", "organizations"} <= set(tables)
+    assert {"job_status", "organizations", "job_status_retention", "job_status_tombstones"} <= set(tables)
     assert [name for name, rls in tables.items() if not rls] == []
 
 
@@ -193,7 +200,10 @@ def test_every_function_we_create_has_a_fixed_search_path(database_url: str) -> 
             "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')"
         ).fetchall()
     names = {name.split("(")[0] for name, _, _ in functions}
-    assert names >= {"job_status_apply", "job_status_write", "job_status_purge"}
+    assert names >= {
+        "job_status_apply", "job_status_write", "job_status_purge", "job_status_purge_tombstones",
+        "job_status_expire", "job_status_retention_run",
+    }  # fmt: skip
     # the functions that held a copy of the transition rule are gone: job_status_write holds it
     assert not names & {"job_status_upsert", "job_status_update"}
     assert [(name, config) for name, config, _ in functions if 'search_path=""' not in config] == []
