@@ -8,15 +8,12 @@ failure in a hook is logged and counted, and never touches the job.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware
-from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
@@ -24,8 +21,6 @@ from dramatiq.middleware import SkipMessage
 from .errors import InvalidOwnerError, JobCancelled
 from .events import (
     DEFAULT_MAX_RESULT_BYTES,
-    MAX_ATTEMPT,
-    MAX_ERROR_CHARS,
     MAX_PROGRESS_MESSAGE_CHARS,
     Identity,
     Owner,
@@ -34,6 +29,17 @@ from .events import (
     event_time,
     make_identity,
     storable_name,
+)
+from .message_fields import (
+    OwnerExtractor,
+    attempt_of,
+    check_owner,
+    class_name,
+    error_fields,
+    owner_from_payload,
+    progress_percent,
+    seconds_from_ms,
+    unwrapped,
 )
 from .redaction import clean_text
 from .sent import SENT, SentJobs
@@ -44,88 +50,12 @@ from .writer import StatusWriter
 
 logger = logging.getLogger(__name__)
 
-OwnerExtractor = Callable[[Message[Any]], Owner | None]
-
 #: message option set on a tracked message when it is first enqueued
 SENT_OPTION = "status_sent"
 #: (owner, actor, queue) combinations whose checked texts a middleware keeps
 _MAX_NAMES = 10_000
 #: error_type of a job's final event when the real one could not be built (its row still ends)
 UNBUILDABLE_TYPE = "StatusEventUnbuildable"
-
-
-def owner_from_payload(message: Message[Any]) -> Owner | None:
-    """The owner named by the job's payload: ``tenant_id`` and ``user_id`` keys of the first
-    positional argument when it is a dict, else of the keyword arguments."""
-    source: Any = message.args[0] if message.args and isinstance(message.args[0], dict) else message.kwargs
-    tenant_id = source.get("tenant_id") if isinstance(source, dict) else None
-    user_id = source.get("user_id") if isinstance(source, dict) else None
-    if tenant_id is None or user_id is None:
-        return None
-    return Owner(str(tenant_id), str(user_id))
-
-
-def _unwrapped(message: Message[Any]) -> Message[Any]:
-    """The message behind a worker's ``MessageProxy``: every field read through the proxy is a
-    failed attribute lookup and a Python ``__getattr__`` call (~0.5 µs), on the hooks' hot path."""
-    return message._message if isinstance(message, MessageProxy) else message
-
-
-def check_owner(owner: Owner | None) -> str | None:
-    """What is wrong with ``owner``, or None."""
-    if owner is None:
-        return "the payload must carry 'tenant_id' and 'user_id'"
-    for name, value in zip(("tenant_id", "user_id"), owner, strict=True):
-        try:
-            uuid.UUID(str(value))
-        except (ValueError, AttributeError, TypeError):
-            return f"{name} must be a UUID, got {str(value)[:60]!r}"
-    return None
-
-
-def _seconds(milliseconds: Any) -> float | None:
-    """Epoch milliseconds from a message (its timestamp, a retry's eta) as seconds, or None
-    when a hand-made message carries something else."""
-    if type(milliseconds) is int or type(milliseconds) is float:
-        return milliseconds / 1000
-    return None
-
-
-def _percent(value: Any) -> int | None:
-    """A progress percent as an int clamped to 0..100, or None when ``value`` is not a finite
-    number (NaN, infinity, a word). Anything ``float()`` takes counts: numpy's numbers, "50"."""
-    if isinstance(value, int):
-        return max(0, min(100, int(value)))
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return max(0, min(100, int(number))) if math.isfinite(number) else None
-
-
-def _attempt(retries: Any) -> int:
-    """The attempt a message's ``retries`` option makes (1 for the first run)."""
-    if type(retries) is int and retries >= 0:
-        return min(retries + 1, MAX_ATTEMPT)
-    return 1
-
-
-#: the name a class was created with (``type.__name__``'s own getter): a metaclass can make
-#: ``cls.__name__`` anything, or raise; this is always a str, valid UTF-8 without NUL
-_class_name = type.__dict__["__name__"].__get__
-
-
-def _error_fields(exception: BaseException) -> dict[str, str]:
-    """The error texts of a failed job's row. Never raises, whatever the exception does."""
-    try:
-        # an exact str: the methods of a str subclass that __str__ returned are never called
-        text = str.__str__(str(exception))
-    except BaseException:  # noqa: BLE001 - as traceback does: even a SystemExit from __str__
-        text = "<unprintable exception>"
-    return {
-        "error_type": _class_name(type(exception))[:255],
-        "error_message": clean_text(text, MAX_ERROR_CHARS),
-    }
 
 
 class _AttemptState:
@@ -225,7 +155,7 @@ class JobStatusMiddleware(Middleware):
 
     def _identity(self, message: Message[Any], owner: Owner | None = None) -> Identity | None:
         """What every event of this message repeats: read once per message, not per event."""
-        raw = _unwrapped(message)
+        raw = unwrapped(message)
         if owner is None:
             owner = self.owner_of(raw)
         if owner is None:
@@ -235,7 +165,7 @@ class JobStatusMiddleware(Middleware):
                 extra={"action": "sync_no_owner", "reason": "no_owner", "job_id": raw.message_id},
             )
             return None
-        enqueued_at = _seconds(raw.message_timestamp)
+        enqueued_at = seconds_from_ms(raw.message_timestamp)
         if type(owner[0]) is not str or type(owner[1]) is not str:
             return make_identity(raw.message_id, owner, raw.actor_name, q_name(raw.queue_name), enqueued_at)
         # owners and actors repeat from message to message: their checked form is kept
@@ -307,7 +237,8 @@ class JobStatusMiddleware(Middleware):
         state = self._local.state
         if state.job_id != message.message_id:
             return False
-        percent = _percent(percent) if type(percent) is not int or not 0 <= percent <= 100 else percent
+        if type(percent) is not int or not 0 <= percent <= 100:
+            percent = progress_percent(percent)
         if percent is None:  # progress is news, never a reason to fail the job: ignored
             if not state.bad_progress:
                 state.bad_progress = True
@@ -373,7 +304,7 @@ class JobStatusMiddleware(Middleware):
                 and self._is_tracked(broker, message.actor_name)
             ):
                 # Retries re-enqueued it from this worker thread: remember when it runs again
-                state.retry_at = _seconds(message.options["eta"])
+                state.retry_at = seconds_from_ms(message.options["eta"])
         except Exception:  # noqa: BLE001 - hooks never fail the job; logged and counted
             self._hook_failed("after_enqueue", message)
 
@@ -386,14 +317,14 @@ class JobStatusMiddleware(Middleware):
         state.bad_progress = False
         state.cancel_checked_at = time.monotonic()
         try:
-            raw = _unwrapped(message)
+            raw = unwrapped(message)
             if not self._is_tracked(broker, raw.actor_name):
                 return
             state.identity = identity = self._identity(raw)
             if identity is None:
                 return
             state.job_id = job_id = identity[0]
-            state.attempt = _attempt(raw.options.get("retries"))
+            state.attempt = attempt_of(raw.options.get("retries"))
             state.started_at = event_time()
             if self._cancel_requested(message, job_id):
                 state.cancelled = True
@@ -414,7 +345,7 @@ class JobStatusMiddleware(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         state = self._local.state
-        if state.job_id != _unwrapped(message).message_id:
+        if state.job_id != unwrapped(message).message_id:
             return
         state.job_id = None
         identity = state.identity  # read once when the message started
@@ -433,7 +364,7 @@ class JobStatusMiddleware(Middleware):
                     progress=max(state.progress, 0),
                 )
                 return
-            error = _error_fields(exception)
+            error = error_fields(exception)
             if state.retry_at is not None and not message.failed:
                 self._submit(
                     identity,
@@ -477,7 +408,7 @@ class JobStatusMiddleware(Middleware):
                 started_at=state.started_at,
                 next_retry_at=retry_at,
                 error_type=UNBUILDABLE_TYPE,
-                error_message=f"the job's status event could not be built ({_class_name(type(problem))})",
+                error_message=f"the job's status event could not be built ({class_name(type(problem))})",
             )
         except BaseException:  # nothing more to try; logged
             logger.exception(

@@ -11,7 +11,7 @@ from dramatiq.middleware import MiddlewareError
 
 from middleware.errors import InvalidOwnerError, StatusSyncError
 from middleware.events import Status
-from middleware.status_sync import owner_from_payload
+from middleware.message_fields import owner_from_payload
 
 from .conftest import Harness, MetricDelta, owner_payload
 

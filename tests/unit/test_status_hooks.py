@@ -459,7 +459,7 @@ def test_an_event_that_cannot_be_built_is_replaced_by_a_plain_one_of_the_same_ou
         raise RuntimeError("cannot read the error")
 
     monkeypatch.setattr(middleware.events, "storable_json", no_memory)
-    monkeypatch.setattr(middleware.status_sync, "_error_fields", broken_error_fields)
+    monkeypatch.setattr(middleware.status_sync, "error_fields", broken_error_fields)
     calls: list[int] = []
 
     @harness.actor

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from middleware.events import Status, StatusEvent
+from middleware.message_fields import owner_from_payload
 from middleware.outbox import RedisOutbox, parse_entry
-from middleware.status_sync import owner_from_payload
 from middleware.storable import MAX_DEPTH
 from middleware.stores.base import REJECTED, Outcome, write_arrays
 from middleware.writer import StatusWriter
