@@ -1,4 +1,4 @@
-"""Every row of the hook table in design.md ("Hook mapping"), on a StubBroker.
+"""Every row of the hook table in docs/design.md ("Hook mapping"), on a StubBroker.
 
 Transitions are observed twice: what the hooks submit to the writer (SpyWriter, every event)
 and what the writer handed to the recording store (after coalescing).
