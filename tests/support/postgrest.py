@@ -1004,7 +1004,12 @@ def serve(transport: httpx.BaseTransport, host: str = "127.0.0.1") -> Iterator[s
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer((host, 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # a real server's backlog, not socketserver's 5: a hundred clients connecting at once
+        # would otherwise see connections reset
+        request_queue_size = 1024
+
+    server = Server((host, 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, name=f"postgrest-{uuid.uuid4().hex[:6]}", daemon=True
