@@ -33,8 +33,10 @@ end, flush, stay idle, stop. Reported per K, mode and policy, over the window:
   JSON, about four per store call, the function's exception block and the Broadcast trigger's);
 * database CPU, all PostgreSQL processes (``/proc/<pid>/schedstat``; exited backends through the
   postmaster's children times), in cores, per event made and per transaction;
-* connections held: client backends of the benchmark's database (``pg_stat_activity``, sampled
-  every second: max), and through PgBouncer its clients and server connections (``SHOW POOLS``);
+* connections held: the database's connections from the writers (direct), PgBouncer, or the REST
+  API (``pg_stat_activity``, sampled every second: max), and PgBouncer's clients and server
+  connections (``SHOW POOLS``);
+* WAL bytes written per event made (``pg_current_wal_lsn()``);
 * lag p50/p99: every written event, from its ``event_at`` to the return of the store call that
   wrote it (the writers' own measure); and for the final statuses, ``updated_at - event_at`` of
   the rows (the database's);
@@ -110,6 +112,7 @@ class Run:
     db_cpu_us_per_transaction: float
     backend_cpu_us_per_event: float
     backend_cpu_us_per_transaction: float
+    wal_bytes_per_event: float
     connections_max: int
     pooler_clients_max: int | None
     pooler_servers_max: int | None
@@ -136,6 +139,7 @@ class Snapshot:
     at: float
     commits: int
     xid: int
+    wal: int  # bytes of WAL written since the cluster began
     db_ns: dict[int, int]
     db_kinds: dict[int, str]
     db_reaped_ns: int
@@ -254,7 +258,7 @@ class FleetBench:
             first = self._snapshot(others)
             connections, clients, servers, maxwait = [], [], [], []
             while time.time() < t0 + config.source_end - 0.05:
-                connections.append(self._connections())
+                connections.append(self._connections("authenticator" if mode == "supabase" else "postgres"))
                 if mode == "pgbouncer" and self.pgbouncer is not None:
                     pool = self._pool()
                     clients.append(pool[0])
@@ -346,6 +350,7 @@ class FleetBench:
             backend_cpu_us_per_transaction=(
                 round(db_kinds.get("backend", 0) / 1e3 / commits, 1) if commits else 0.0
             ),
+            wal_bytes_per_event=round((last.wal - first.wal) / made) if made else 0.0,
             connections_max=max(connections, default=0),
             pooler_clients_max=max(clients) if clients else None,
             pooler_servers_max=max(servers) if servers else None,
@@ -385,11 +390,15 @@ class FleetBench:
         postmaster = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
         pids = [postmaster, *_children(postmaster)]
         db_ns = {pid: _task_ns(pid) for pid in pids}
-        xid = self.monitor.execute("select pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
+        xid, wal = self.monitor.execute(
+            "select pg_snapshot_xmax(pg_current_snapshot())::text::bigint,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+        ).fetchone() or (0, 0)
         return Snapshot(
             at=time.time(),
             commits=int(row[0]) if row else 0,
-            xid=int(xid[0]) if xid else 0,
+            xid=int(xid),
+            wal=int(wal),
             db_ns=db_ns,
             db_kinds={
                 pid: "monitor" if pid == self.monitor.info.backend_pid else _kind(pid, postmaster)
@@ -400,10 +409,13 @@ class FleetBench:
             machine=_machine_ticks(),
         )
 
-    def _connections(self) -> int:
+    def _connections(self, user: str) -> int:
+        """Client backends of the benchmark's database logged in as ``user``: ``postgres`` for
+        the writers (or PgBouncer's server connections), ``authenticator`` for the REST API's."""
         row = self.monitor.execute(
-            "select count(*) from pg_stat_activity where datname = %s and backend_type = 'client backend'",
-            (DBNAME,),
+            "select count(*) from pg_stat_activity"
+            " where datname = %s and usename = %s and backend_type = 'client backend'",
+            (DBNAME, user),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -567,6 +579,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "db_cpu_us_per_transaction": median("db_cpu_us_per_transaction"),
                 "backend_cpu_us_per_event": median("backend_cpu_us_per_event"),
                 "backend_cpu_us_per_transaction": median("backend_cpu_us_per_transaction"),
+                "wal_bytes_per_event": median("wal_bytes_per_event"),
                 "connections_max": worst("connections_max"),
                 "pooler_clients_max": worst("pooler_clients_max"),
                 "pooler_servers_max": worst("pooler_servers_max"),
@@ -605,7 +618,7 @@ COLUMNS = (
     ("µs/tx", 6, "that CPU per transaction"),
     ("be µs/ev", 8, "the client backends' CPU alone, per event made"),
     ("be µs/tx", 8, "the client backends' CPU alone, per transaction"),
-    ("conns", 5, "client backends of the database (max)"),
+    ("conns", 5, "the database's connections from the writers, PgBouncer or the REST API (max)"),
     ("pool cl/sv", 10, "PgBouncer's clients / server connections (max)"),
     ("lag p50", 8, "event made -> store call returned, every written event"),
     ("lag p99", 8, "the same, 99th percentile"),
