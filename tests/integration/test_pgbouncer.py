@@ -12,6 +12,7 @@ regression there fails here: the control test shows what a prepared statement do
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -142,6 +143,24 @@ def test_the_producers_reads_go_through_the_pooler(pgbouncer: LocalPgBouncer, da
             assert [
                 r["job_id"] for r in reader.list(status=None, user_id=owner.user_id, tenant_id=None, limit=5)
             ] == [job_id]
+
+
+def test_the_cancel_polls_queries_go_through_the_pooler(pgbouncer: LocalPgBouncer, database_url: str) -> None:
+    owner = create_owner(database_url)
+    running, unknown = f"bouncer-cancel-{uuid.uuid4().hex[:8]}", f"bouncer-none-{uuid.uuid4().hex[:8]}"
+    url = pooled(pgbouncer, database_url)
+    stores = [PostgresStatusStore(url) for _ in range(POOL_SIZE + 2)]
+    try:
+        stores[0].apply([_event(running, owner, Status.ACTIVE, 1_800_000_000.0)])
+        requested = dt.datetime.now(dt.UTC)
+        for _ in range(8):  # past psycopg's default prepare_threshold, on every store
+            for store in stores:
+                assert store.stamp_cancels([(running, requested), (unknown, requested)]) == [running]
+                found = store.cancel_requests(requested - dt.timedelta(seconds=1), "", 10)
+                assert [(r.job_id, r.live) for r in found] == [(running, True)]
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_control_a_prepared_statement_does_not_survive_this_pooler(
