@@ -120,6 +120,8 @@ class Run:
     lag_p50: float | None
     lag_p99: float | None
     lag_max: float | None
+    call_p50: float | None
+    call_p99: float | None
     row_lag_p50: float | None
     row_lag_p99: float | None
     jobs_made: int
@@ -313,10 +315,7 @@ class FleetBench:
         made = sum(c["made_window"] for c in children)
         calls = sum(c["calls"].get("window", 0) for c in children)
         written = sum(c["events"].get("window", 0) for c in children)
-        lags: dict[int, int] = {}
-        for c in children:
-            for ms, n in c["lags_ms"].items():
-                lags[int(ms)] = lags.get(int(ms), 0) + n
+        lags, calls_ms = _merged(children, "lags_ms"), _merged(children, "call_ms")
         ended: dict[str, int] = {}
         failures: dict[str, float] = {}
         for c in children:
@@ -358,6 +357,8 @@ class FleetBench:
             lag_p50=_percentile(lags, 0.50),
             lag_p99=_percentile(lags, 0.99),
             lag_max=max(lags) / 1000 if lags else None,
+            call_p50=_percentile(calls_ms, 0.50),
+            call_p99=_percentile(calls_ms, 0.99),
             row_lag_p50=row_lags[0],
             row_lag_p99=row_lags[1],
             jobs_made=sum(ended.values()),
@@ -530,6 +531,15 @@ def _kind(pid: int, postmaster: int) -> str:
     return "backend" if f" {DBNAME} " in title or "127.0.0.1(" in title else "background"
 
 
+def _merged(children: list[dict[str, Any]], name: str) -> dict[int, int]:
+    """The children's millisecond histograms ``name``, added up."""
+    merged: dict[int, int] = {}
+    for child in children:
+        for ms, n in child[name].items():
+            merged[int(ms)] = merged.get(int(ms), 0) + n
+    return merged
+
+
 def _percentile(counts: dict[int, int], q: float) -> float | None:
     total = sum(counts.values())
     if not total:
@@ -586,6 +596,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "pooler_maxwait_ms": worst("pooler_maxwait_ms"),
                 "lag_p50": median("lag_p50") if all(r.lag_p50 is not None for r in group) else None,
                 "lag_p99": worst("lag_p99"),
+                "call_p99": worst("call_p99"),
                 "row_lag_p99": worst("row_lag_p99"),
                 "lost": worst("lost"),
                 "idle_store_calls": worst("idle_store_calls"),
@@ -623,6 +634,7 @@ COLUMNS = (
     ("lag p50", 8, "event made -> store call returned, every written event"),
     ("lag p99", 8, "the same, 99th percentile"),
     ("row p99", 8, "updated_at - event_at of the final rows, 99th percentile"),
+    ("call p99", 8, "the time a store call took, 99th percentile: the lag's share after the wait"),
     ("lost", 4, "jobs without their final row at the end"),
     ("idle", 6, "store calls / transaction ids taken while every writer idled (a: autovacuum ran)"),
     ("writers", 7, "the writer processes' CPU, in cores"),
@@ -657,6 +669,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _seconds(row["lag_p50"]),
         _seconds(row["lag_p99"]),
         _seconds(row["row_lag_p99"]),
+        _seconds(row["call_p99"]),
         str(row["lost"]),
         idle,
         f"{row['writer_cores']:.2f}",

@@ -22,7 +22,7 @@ A job, as a worker's hooks report it (events per job: :data:`EVENTS_PER_JOB`):
 Jobs arrive as a Poisson process. What a child measures, for the batches whose store call
 returned within the window: store calls (one transaction each), events written, and the lag of
 every written event (its ``event_at`` to the return of the store call that wrote it, in ms); and
-the same calls in the idle stretch (must be none).
+the time each call took; and the same calls in the idle stretch (must be none).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from middleware.events import Owner, Status, StatusEvent, event_time, make_identity
-from middleware.sync_metrics import SyncMetrics
 from middleware.stores.base import Outcome, StatusStore
+from middleware.sync_metrics import SyncMetrics
 from middleware.writer import StatusWriter
 
 EVENTS_PER_JOB = 5
@@ -96,6 +96,7 @@ class TimedStore:
         self.calls: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.lags_ms: Counter[int] = Counter()
+        self.call_ms: Counter[int] = Counter()
         self.last_call = 0.0
 
     def prepare(self) -> None:
@@ -104,13 +105,16 @@ class TimedStore:
             warm_up()
 
     def apply(self, events: Sequence[StatusEvent]) -> list[Outcome]:
+        started = time.perf_counter()
         outcomes = self.store.apply(events)
+        took = time.perf_counter() - started
         now = self.last_call = time.time()
         for name, (start, end) in self.windows.items():
             if start <= now < end:
                 self.calls[name] += 1
                 self.events[name] += len(events)
                 if name == "window":
+                    self.call_ms[int(took * 1000)] += 1
                     for event in events:
                         self.lags_ms[max(0, int((now - event.event_at) * 1000))] += 1
         return outcomes
@@ -276,6 +280,7 @@ def child(config: FleetConfig, index: int, ready: Any, go: Any, start_at: Any) -
         "calls": dict(store.calls) if store else {},
         "events": dict(store.events) if store else {},
         "lags_ms": dict(store.lags_ms) if store else {},
+        "call_ms": dict(store.call_ms) if store else {},
         "failures": failures,
     }
     Path(config.out, f"child-{index}.json").write_text(json.dumps(result))
