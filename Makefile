@@ -13,7 +13,7 @@ run_pytest = tmp=$$(mktemp -d /tmp/coursegen-test-XXXXXX) && chmod 755 $$tmp; \
 	$(VENV)/bin/python -m pytest --basetemp=$$tmp/base $(1); status=$$?; rm -rf $$tmp; exit $$status
 
 .DEFAULT_GOAL := test
-.PHONY: $(VENV) test test-faults test-pg15 demo bench lint clean
+.PHONY: $(VENV) test test-faults test-pg15 demo bench bench-fleet lint clean
 
 $(VENV): $(VENV_STAMP)
 
@@ -44,6 +44,12 @@ demo: $(VENV)
 BENCH_ARGS ?=
 bench: $(VENV)
 	$(VENV)/bin/python -m benchmarks.throughput $(BENCH_ARGS)
+
+## bench-fleet: K status writer processes on one database, direct, through PgBouncer and through
+## the REST API, fixed and adaptive batching (see benchmarks/README.md; about 25 minutes)
+FLEET_ARGS ?=
+bench-fleet: $(VENV)
+	$(VENV)/bin/python -m benchmarks.fleet --out .coursegen/bench-fleet.json $(FLEET_ARGS)
 
 lint: $(VENV)
 	$(VENV)/bin/ruff check .

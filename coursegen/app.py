@@ -99,6 +99,8 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware |
             # a producer without store credentials pushes to the outbox; it never drains it
             outbox=None if kind == "outbox" else outbox,
             flush_interval=settings.flush_interval,
+            min_batch=settings.flush_min_batch,
+            max_wait=settings.flush_max_wait,
             max_batch=settings.max_batch,
             max_buffer=settings.max_buffer,
             retry_attempts=settings.retry_attempts,

@@ -172,6 +172,9 @@ def run_demo(workdir: str, *, jobs: int = 3, pace: float = 0.4, keep: bool = Fal
             "DATABASE_URL": conninfo,
             "COURSEGEN_STATUS_STORE": "postgres",  # this demo's database, whatever else is set
             "COURSEGEN_DEMO_PACE": str(pace),
+            # one worker: every stage's progress shown, a batch every 0.2 s (a fleet waits up
+            # to 0.8 s for fuller batches; see COURSEGEN_FLUSH_MAX_WAIT)
+            "COURSEGEN_FLUSH_MAX_WAIT": "0.2",
         }
         log_path = root / "worker.log"
         dramatiq_bin = Path(sys.executable).with_name("dramatiq")

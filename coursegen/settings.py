@@ -49,6 +49,22 @@ class Settings(BaseSettings):
         "auto", validation_alias=AliasChoices("COURSEGEN_STATUS_STORE", "store")
     )
     flush_interval: float = Field(0.2, gt=0, le=10)
+    flush_min_batch: int = Field(
+        50,
+        ge=1,
+        le=5000,
+        description="jobs with news that make a batch worth a transaction at once; fewer wait for more",
+    )
+    flush_max_wait: float = Field(
+        0.8,
+        gt=0,
+        le=60,
+        description=(
+            "seconds the news of fewer than flush_min_batch jobs waits for more (at least "
+            "flush_interval): a fleet of lightly loaded processes writes ~1/flush_max_wait "
+            "batches a second each, and a status shows up at most this late"
+        ),
+    )
     max_batch: int = Field(500, ge=1, le=5000)
     max_buffer: int = Field(20_000, ge=100)
     store_timeout: float = Field(5.0, gt=0, le=120)

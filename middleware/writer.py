@@ -1,9 +1,21 @@
 """StatusWriter: the one background thread per process that moves status events to the store.
 
 Hooks call :meth:`StatusWriter.submit` and :meth:`StatusWriter.started`, which only touch the
-in-memory :class:`~middleware.buffer.EventBuffer`. The thread takes a batch every
-``flush_interval`` seconds, or sooner when a batch is full, and hands it to
-:class:`~middleware.delivery.Delivery` (retries, isolation of bad events, replacements):
+in-memory :class:`~middleware.buffer.EventBuffer`. The thread takes a batch when one is due and
+hands it to :class:`~middleware.delivery.Delivery` (retries, isolation of bad events,
+replacements). When a batch is due follows the process's load, so that a fleet of processes
+costs the database transactions in proportion to its work, not to its size:
+
+* a busy process writes every ``flush_interval`` seconds (0.2 in production), or sooner when a
+  batch is full (``max_batch``);
+* a process with little to write lets its batch grow: news of fewer than ``min_batch`` jobs
+  waits for more, up to ``max_wait`` seconds (0.8) after the first of it came in. A hundred
+  processes each handling a trickle then write about ``1 / max_wait`` batches a second each,
+  not ``1 / flush_interval``; one busy process writes as before;
+* an idle process writes nothing; of the database it asks at most its turn of the fleet's cancel
+  poll (below), one process at a time.
+
+Also:
 
 * when the store cannot take the batch, it is spilled to the durable outbox, and the writer
   stops calling the store except for a probe now and then (degraded); bad data never does this,
@@ -46,7 +58,11 @@ class StatusWriter:
     Parameters:
       store_factory: builds the store, called once in the writer thread (so after any fork).
       outbox: where batches go when the store stays down, and where producers' events wait.
-      flush_interval: seconds the thread gathers events before writing a batch.
+      flush_interval: the shortest time between two batches (unless one fills ``max_batch``).
+      min_batch: jobs with news that make a batch worth a transaction at once; fewer wait.
+      max_wait: seconds the news of fewer than ``min_batch`` jobs waits for more after the first
+        of it came in (never less than ``flush_interval``). With ``min_batch=1`` every batch
+        goes after ``flush_interval``, whatever its size.
       max_batch: events per batch.
       max_batch_bytes: encoded size of one store round trip; a larger batch is split.
       max_buffer: jobs held in memory before backpressure starts.
@@ -65,7 +81,9 @@ class StatusWriter:
         store_factory: Callable[[], StatusStore],
         *,
         outbox: RedisOutbox | None = None,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.2,
+        min_batch: int = 50,
+        max_wait: float = 0.8,
         max_batch: int = 500,
         max_batch_bytes: int = 1_000_000,
         max_buffer: int = 20_000,
@@ -83,6 +101,8 @@ class StatusWriter:
         self.cancel_poll = cancel_poll
         self.outbox = outbox
         self.flush_interval = flush_interval
+        self.min_batch = min_batch
+        self.max_wait = max_wait
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.max_buffer = max_buffer
@@ -124,6 +144,12 @@ class StatusWriter:
         self._next_depth_check = 0.0
         self._atexit_registered = False
         self._polling = False  # a worker's writer takes its turns in the cancel poll
+        # the thread's clock (time.monotonic()): when it last looked at the buffer; the look
+        # after which the news now buffered began to come in (None: nothing buffered); and the
+        # earliest time the next batch may go unless it is full (flush_interval after the last)
+        self._looked_at = 0.0
+        self._waiting_since: float | None = None
+        self._next_batch = 0.0
 
     def __repr__(self) -> str:
         return f"StatusWriter(buffered={len(self._buffer)}, degraded={self._degraded})"
@@ -240,11 +266,13 @@ class StatusWriter:
     def _run(self) -> None:
         metrics = self._metrics_factory()
         buffer = self._buffer
+        self._looked_at = time.monotonic()
+        self._next_batch = self._looked_at + self.flush_interval
         while True:
             with self._cond:
-                if not (self._stopping or self._flush_requested or len(buffer.events) >= self.max_batch):
-                    self._cond.wait(self.flush_interval)
-                batch = buffer.take_locked()
+                if not self._due_locked():
+                    self._cond.wait(self._timeout_locked())
+                batch = self._take_locked() if self._due_locked() else []
                 stopping = self._stopping
                 counts = buffer.take_counts_locked()
                 waiting = len(buffer) + buffer.inflight
@@ -262,7 +290,8 @@ class StatusWriter:
                     self._spill(metrics, batch)
                 finally:
                     buffer.done(len(batch))
-                # no sleep before looking again: more may be waiting
+                # the next batch: at once if the buffer is full, else flush_interval from now
+                self._next_batch = time.monotonic() + self.flush_interval
             elif stopping:
                 break
             if not stopping:  # also between batches: under steady load the outbox must drain too
@@ -278,6 +307,43 @@ class StatusWriter:
                     self._next_drain = self._next_depth_check = time.monotonic() + self.drain_interval
         metrics.queue_depth.set(0)
         self._delivery.close()
+
+    def _due_locked(self) -> bool:
+        """Whether a batch is due (see the module docstring). Lock held; writer thread only.
+
+        News does not wake the thread (only a full batch does), so the time it came in is not
+        known: it is taken to be the previous look, the earliest it can be. A batch never
+        waits longer than ``max_wait``, only sometimes a little less.
+        """
+        if self._stopping or self._flush_requested or len(self._buffer.events) >= self.max_batch:
+            return True
+        now = time.monotonic()
+        looked, self._looked_at = self._looked_at, now
+        waiting = len(self._buffer)
+        if not waiting:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = looked
+        if now < self._next_batch:
+            return False
+        return waiting >= self.min_batch or now >= self._waiting_since + self.max_wait
+
+    def _timeout_locked(self) -> float:
+        """Seconds until the next look: when the next batch may go, or may have grown to
+        ``min_batch``; one ``flush_interval`` from now once that time has passed; never after
+        the batch's ``max_wait`` is up."""
+        now = time.monotonic()
+        look = self._next_batch if self._next_batch > now else now + self.flush_interval
+        if self._waiting_since is not None:
+            look = min(look, max(self._next_batch, self._waiting_since + self.max_wait))
+        return max(look - now, 0.0)
+
+    def _take_locked(self) -> list[StatusEvent]:
+        batch = self._buffer.take_locked()
+        if not len(self._buffer):
+            self._waiting_since = None
+        return batch
 
     def _write(self, metrics: SyncMetrics, batch: list[StatusEvent]) -> None:
         if self._degraded and time.monotonic() < self._next_probe and self.outbox is not None:

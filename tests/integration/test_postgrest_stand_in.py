@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,6 +68,8 @@ create function public.arrays(
     'texts', texts, 'floats', floats::text[], 'states', states, 'grid', grid,
     'dims', pg_catalog.array_dims(grid), 'codes', codes)
 $$;
+create function public.gate() returns integer language sql
+  as $$ select pg_catalog.pg_advisory_xact_lock_shared(4242); select 1 $$;
 revoke all on function public.fail_with(text, text) from public, anon;
 """
 
@@ -496,6 +499,57 @@ def test_db_max_rows_holds_back_rows_of_tables_and_function_results(functions: s
         )
         asked_less = client.get("/ordered?select=n&order=n&limit=1", headers=counted)
         assert (asked_less.json(), asked_less.headers["content-range"]) == ([{"n": 1}], "0-0/3")
+
+
+# -- the connection pool ---------------------------------------------------------------------
+
+
+def _authenticator_backends(conninfo: str) -> list[tuple[int, str]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid, wait_event_type from pg_stat_activity"
+            " where usename = 'authenticator' and datname = current_database()"
+            " and query not ilike 'listen%'"
+        ).fetchall()
+    return [(pid, wait or "") for pid, wait in rows]
+
+
+def test_requests_share_db_pool_connections_and_wait_for_one(functions: str) -> None:
+    """Five requests at once on a pool of two: two reach the database, three wait for them,
+    all succeed, and the pool keeps its two connections."""
+    with rest(functions, pool_size=2) as (client, _), psycopg.connect(functions, autocommit=True) as gate:
+        gate.execute("select pg_advisory_lock(4242)")  # every request blocks in the database
+        with ThreadPoolExecutor(5) as pool:
+            answers = [pool.submit(call, client, "gate", {}) for _ in range(5)]
+            wait_for(
+                lambda: sum(wait == "Lock" for _pid, wait in _authenticator_backends(functions)) == 2,
+                timeout=10,
+                what="two requests blocked in the database",
+            )
+            assert len(_authenticator_backends(functions)) == 2  # the other three wait for one
+            gate.execute("select pg_advisory_unlock(4242)")
+            statuses = [answer.result(timeout=10).status_code for answer in answers]
+        assert statuses == [200] * 5
+        assert len(_authenticator_backends(functions)) == 2
+
+
+def test_a_request_that_finds_the_pool_busy_too_long_is_504_pgrst003(functions: str) -> None:
+    options = {"pool_size": 1, "pool_acquisition_timeout": 0.2}
+    with rest(functions, **options) as (client, _), psycopg.connect(functions, autocommit=True) as gate:
+        gate.execute("select pg_advisory_lock(4242)")
+        with ThreadPoolExecutor(1) as pool:
+            blocked = pool.submit(call, client, "gate", {})
+            wait_for(
+                lambda: any(wait == "Lock" for _pid, wait in _authenticator_backends(functions)),
+                timeout=10,
+                what="the first request blocked in the database",
+            )
+            refused = call(client, "add", {"a": 1})
+            gate.execute("select pg_advisory_unlock(4242)")
+            assert blocked.result(timeout=10).status_code == 200
+        assert refused.status_code == 504
+        assert refused.json()["code"] == "PGRST003"
+        assert call(client, "add", {"a": 1}).json() == 2  # the connection came back
 
 
 # -- the gateway -----------------------------------------------------------------------------

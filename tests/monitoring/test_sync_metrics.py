@@ -261,10 +261,11 @@ def test_the_outbox_depth_is_sampled_while_the_store_is_down_and_the_drain_is_su
 def test_the_outbox_drains_under_steady_load(
     make_writer: Callable[..., StatusWriter], metrics: Metrics, outbox: RedisOutbox
 ) -> None:
-    """Every write brings a new event, so the writer never idles: it must drain between batches."""
+    """Every write brings a new event, so the writer never idles: it must drain between batches
+    (min_batch=1: a batch is due as soon as flush_interval has passed, as for a busy process)."""
     outbox.push([event(f"spilled-{n}") for n in range(50)])
     store = Store()
-    writer = make_writer(store, outbox=outbox, max_batch=20, drain_interval=0.05)
+    writer = make_writer(store, outbox=outbox, max_batch=20, min_batch=1, drain_interval=0.05)
     fed = iter(range(10**6))
     feeding = threading.Event()
     feeding.set()

@@ -32,6 +32,9 @@ Reproduced:
   (:meth:`PostgrestStandIn.reload_schema_cache`). A function created or changed since is
   invisible (404 ``PGRST202``) until then; with no cache loaded yet every request is 503
   ``PGRST002``;
+* the connection pool (``docs/references/connection_pool.rst``, ``Config.hs``): at most
+  ``db-pool`` connections (10), opened as requests need them and kept; a request that finds
+  them all busy waits up to ``db-pool-acquisition-timeout`` (10 s), then 504 ``PGRST003``;
 * each request in one transaction (``MainTx.hs``, ``Query/PreQuery.hs``) on a connection logged
   in as ``authenticator`` (so PostgreSQL applies that role's own settings at login, as for
   PostgREST's pool: on Supabase ``statement_timeout`` and ``lock_timeout`` of 8 s), read-only
@@ -119,6 +122,9 @@ TEST_PUBLISHABLE_KEY = "sb_publishable_UHVibGljQnlEZXNpZ24xMjM_0ddba11e"
 API_KEYS = {TEST_SECRET_KEY: "service_role", TEST_PUBLISHABLE_KEY: "anon"}
 #: Supabase's default "Max Rows" (PostgREST's ``db-max-rows``)
 SUPABASE_MAX_ROWS = 1000
+#: PostgREST's ``db-pool`` and ``db-pool-acquisition-timeout`` defaults (``Config.hs``)
+DEFAULT_POOL_SIZE = 10
+DEFAULT_POOL_ACQUISITION_TIMEOUT = 10.0
 #: the base URL clients use with the transport (nothing listens there)
 STAND_IN_URL = "http://supabase.test"
 ANON_ROLE = "anon"
@@ -319,7 +325,9 @@ class PostgrestStandIn(httpx.BaseTransport):
     authentication on the test clusters) unless ``authenticator_conninfo`` is given.
     ``max_rows``: PostgREST's ``db-max-rows`` (``None``: no limit); ``max_body_bytes``: the
     gateway's body limit (``None``: none); ``api_keys``: the project's opaque API keys and their
-    roles; ``listen``: ``LISTEN pgrst`` for reloads (off: only :meth:`reload_schema_cache`).
+    roles; ``listen``: ``LISTEN pgrst`` for reloads (off: only :meth:`reload_schema_cache`);
+    ``pool_size``, ``pool_acquisition_timeout``: PostgREST's ``db-pool`` and
+    ``db-pool-acquisition-timeout``.
     """
 
     def __init__(
@@ -335,6 +343,8 @@ class PostgrestStandIn(httpx.BaseTransport):
         max_body_bytes: int | None = None,
         api_keys: Mapping[str, str] = API_KEYS,
         listen: bool = True,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_acquisition_timeout: float = DEFAULT_POOL_ACQUISITION_TIMEOUT,
     ) -> None:
         self._conninfo = authenticator_conninfo or psycopg.conninfo.make_conninfo(
             conninfo, user="authenticator", password="", connect_timeout=connect_timeout
@@ -346,6 +356,9 @@ class PostgrestStandIn(httpx.BaseTransport):
         self.max_body_bytes = max_body_bytes
         self._api_keys = dict(api_keys)
         self._listen = listen
+        self.pool_size = pool_size
+        self.pool_acquisition_timeout = pool_acquisition_timeout
+        self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
         self._idle: list[psycopg.Connection[Any]] = []
         self._cache_lock = threading.Lock()
@@ -576,23 +589,30 @@ class PostgrestStandIn(httpx.BaseTransport):
             self._release(conn, ok)
 
     def _connect(self) -> psycopg.Connection[Any]:
+        """A connection of the pool: an idle one, else a new one while fewer than ``pool_size``
+        are in use, else the first one released within ``pool_acquisition_timeout``."""
+        if not self._slots.acquire(timeout=self.pool_acquisition_timeout):
+            raise ApiError(504, "PGRST003", "Timed out acquiring connection from connection pool.")
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         try:
             return psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.OperationalError as exc:
+            self._slots.release()
             raise ApiError(
                 503, "PGRST000", "Database connection error. Retrying the connection.", _first_line(exc)
             ) from None
 
     def _release(self, conn: psycopg.Connection[Any], ok: bool) -> None:
-        if ok and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            with self._lock:
-                if len(self._idle) < 8:
+        try:
+            if ok and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                with self._lock:
                     self._idle.append(conn)
                     return
-        conn.close()
+            conn.close()
+        finally:
+            self._slots.release()
 
     def _drop_idle(self) -> None:
         with self._lock:
@@ -984,7 +1004,12 @@ def serve(transport: httpx.BaseTransport, host: str = "127.0.0.1") -> Iterator[s
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer((host, 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # a real server's backlog, not socketserver's 5: a hundred clients connecting at once
+        # would otherwise see connections reset
+        request_queue_size = 1024
+
+    server = Server((host, 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, name=f"postgrest-{uuid.uuid4().hex[:6]}", daemon=True

@@ -18,7 +18,7 @@ from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.base import Outcome
 from middleware.writer import StatusWriter
 
-from .conftest import WRITER_THREAD, RecordingStore, make_event
+from .conftest import WRITER_THREAD, RecordingStore, make_event, wait_until
 
 WriterFactory = Callable[..., StatusWriter]
 
@@ -295,6 +295,75 @@ def test_a_batch_larger_than_max_batch_is_split(make_writer: WriterFactory) -> N
     assert [len(batch) for batch in store.batches] == [1, 3, 3, 1]
     assert [event.job_id for event in store.events] == [f"job-{i}" for i in range(8)]
     assert set(store.threads) == {WRITER_THREAD}
+
+
+def test_news_of_fewer_jobs_than_min_batch_waits_for_more(make_writer: WriterFactory) -> None:
+    # min_batch is reached long before max_wait: the first three jobs wait for the other two
+    store = RecordingStore()
+    writer = make_writer(store, flush_interval=0.01, min_batch=5, max_wait=120.0)
+    for i in range(3):
+        writer.submit(make_event(f"job-{i}", Status.PENDING, 0))
+    looks = writer_looks(writer)
+    wait_until(lambda: looks() >= 5)  # the thread saw the three, and more than one interval passed
+    for i in range(3, 5):
+        writer.submit(make_event(f"job-{i}", Status.PENDING, 0))
+    wait_until(lambda: store.batches)
+
+    assert [len(batch) for batch in store.batches] == [5]
+
+
+def test_news_of_fewer_jobs_than_min_batch_goes_after_max_wait(make_writer: WriterFactory) -> None:
+    store = RecordingStore()
+    writer = make_writer(store, flush_interval=0.01, min_batch=1_000, max_wait=0.05)
+    event = make_event("job-1", Status.PENDING, 0)
+    writer.submit(event)
+    wait_until(lambda: store.batches)  # no flush(): max_wait alone sends it
+
+    assert store.batches == [[event]]
+
+
+def test_with_min_batch_1_every_batch_goes_after_flush_interval(make_writer: WriterFactory) -> None:
+    store = RecordingStore()
+    writer = make_writer(store, flush_interval=0.01, min_batch=1, max_wait=120.0)
+    first, second = make_event("job-1", Status.PENDING, 0), make_event("job-2", Status.PENDING, 0)
+    writer.submit(first)
+    wait_until(lambda: store.batches)
+    writer.submit(second)
+    wait_until(lambda: len(store.batches) == 2)
+
+    assert store.batches == [[first], [second]]
+
+
+def test_an_idle_writer_never_builds_nor_calls_its_store() -> None:
+    built: list[RecordingStore] = []
+
+    def factory() -> RecordingStore:
+        built.append(RecordingStore())
+        return built[-1]
+
+    writer = StatusWriter(factory, flush_interval=0.01, close_timeout=5.0)
+    writer.start()
+    try:
+        looks = writer_looks(writer)
+        wait_until(lambda: looks() >= 20)
+        assert built == []
+    finally:
+        assert writer.close(timeout=5)
+    assert built == []
+
+
+def writer_looks(writer: StatusWriter) -> Callable[[], int]:
+    """A counter of the writer thread's looks at its buffer (from now on)."""
+    count = 0
+    due = writer._due_locked
+
+    def counting() -> bool:
+        nonlocal count
+        count += 1
+        return due()
+
+    writer._due_locked = counting  # type: ignore[method-assign]
+    return lambda: count
 
 
 def test_writer_writes_while_deprecation_warnings_are_errors(make_writer: WriterFactory) -> None:
