@@ -1,4 +1,5 @@
-"""job_status_write finds a job's row by its job_id index, whatever the table's statistics.
+"""The functions that look up one job find its row by the job_id index, whatever the table's
+statistics: job_status_write, and the owner-scoped reads and cancellation.
 
 The function is planned once per session (``plan_cache_mode = force_generic_plan``). A session
 that plans it while ``job_status`` has no statistics (a new project, a table just truncated) must
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from middleware.events import Status, StatusEvent
+from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.postgres import PostgresStatusStore
 from tests.support.db import create_database, create_owner, database_url_for, drop_database
 
@@ -47,18 +48,16 @@ def _index_scans(conninfo: str) -> dict[str, int]:
 
 def _reltuples(conninfo: str) -> float:
     with psycopg.connect(conninfo) as conn:
-        return conn.execute("select reltuples from pg_class where oid = 'public.job_status'::regclass").fetchone()[0]
+        row = conn.execute("select reltuples from pg_class where relname = 'job_status'").fetchone()
+    return row[0]
 
 
-def test_a_session_planned_on_an_unanalyzed_table_uses_the_job_id_index(fresh_database: str) -> None:
-    conninfo = fresh_database
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        # no autovacuum may analyze the table behind the test's back
-        conn.execute("alter table public.job_status set (autovacuum_enabled = false)")
-    assert _reltuples(conninfo) < 0, "the table must start without statistics"
+def _write_jobs(conninfo: str) -> tuple[Owner, list[str]]:
+    """BATCHES x BATCH jobs of one owner, pending then completed, from one store's session."""
     owner = create_owner(conninfo)
     store = PostgresStatusStore(conninfo)
     t = 1_800_000_000.0
+    job_ids: list[str] = []
     try:
         for b in range(BATCHES):
             ids = [f"plan-{b}-{i}" for i in range(BATCH)]
@@ -67,17 +66,59 @@ def test_a_session_planned_on_an_unanalyzed_table_uses_the_job_id_index(fresh_da
             for events in (pending, done):
                 outcomes = store.apply(events)
                 assert all(o.outcome == "applied" for o in outcomes), outcomes[:3]
+            job_ids += ids
     finally:
         store.close()  # a backend reports its statistics when it exits
-    assert _reltuples(conninfo) < 0, "something analyzed the table: the test proves nothing"
+    return owner, job_ids
 
+
+def _scans_once_reported(conninfo: str, at_least: int) -> dict[str, int]:
     deadline = time.monotonic() + 30
     while True:
         scans = _index_scans(conninfo)
-        by_job_id = scans.get("job_status_job_id_key", 0)
-        if by_job_id >= BATCHES * BATCH or time.monotonic() > deadline:
-            break
+        if scans.get("job_status_job_id_key", 0) >= at_least or time.monotonic() > deadline:
+            return scans
         time.sleep(0.2)
-    assert by_job_id >= BATCHES * BATCH, scans
+
+
+@pytest.fixture
+def unanalyzed(fresh_database: str) -> str:
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        # no autovacuum may analyze the table behind the test's back
+        conn.execute("alter table public.job_status set (autovacuum_enabled = false)")
+    assert _reltuples(fresh_database) < 0, "the table must start without statistics"
+    return fresh_database
+
+
+def test_a_session_planned_on_an_unanalyzed_table_writes_through_the_job_id_index(unanalyzed: str) -> None:
+    _write_jobs(unanalyzed)
+    assert _reltuples(unanalyzed) < 0, "something analyzed the table: the test proves nothing"
+    scans = _scans_once_reported(unanalyzed, BATCHES * BATCH)
+    assert scans.get("job_status_job_id_key", 0) >= BATCHES * BATCH, scans
     others = {name: n for name, n in scans.items() if n and name != "job_status_job_id_key"}
     assert others == {}, f"the write scanned other indexes of job_status: {others}"
+
+
+def test_the_owner_scoped_lookups_go_through_the_job_id_index(unanalyzed: str) -> None:
+    owner, job_ids = _write_jobs(unanalyzed)
+    before = _scans_once_reported(unanalyzed, BATCHES * BATCH)
+    looked_up = job_ids[:: len(job_ids) // 20]
+    with psycopg.connect(unanalyzed, autocommit=True) as conn:
+        for job_id in looked_up:  # more calls than the plan cache's five custom plans
+            row = conn.execute(
+                "select status::text from public.user_job_status(%s, %s, %s)",
+                (owner.user_id, owner.tenant_id, job_id),
+            ).fetchone()
+            assert row == ("completed",)
+            cancelled = conn.execute(
+                "select status::text, stamped from public.user_job_cancel(%s, %s, %s)",
+                (owner.user_id, owner.tenant_id, job_id),
+            ).fetchone()
+            assert cancelled == ("completed", False)  # finished: left alone
+            assert conn.execute("select public.cancel_job(%s)::text", (job_id,)).fetchone() == ("completed",)
+    assert _reltuples(unanalyzed) < 0, "something analyzed the table: the test proves nothing"
+    after = _scans_once_reported(unanalyzed, before.get("job_status_job_id_key", 0) + 3 * len(looked_up))
+    grown = {name: n - before.get(name, 0) for name, n in after.items() if n != before.get(name, 0)}
+    assert grown.get("job_status_job_id_key", 0) >= 3 * len(looked_up), grown
+    others = {name: n for name, n in grown.items() if name != "job_status_job_id_key"}
+    assert others == {}, f"a lookup of one job scanned other indexes of job_status: {others}"
