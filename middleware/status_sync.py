@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: message option set on a tracked message when it is first enqueued
 SENT_OPTION = "status_sent"
+#: the option Dramatiq's Retries sets on every copy it re-enqueues
+_RETRY_MARK = "traceback"
 #: (owner, actor, queue) combinations whose checked texts a middleware keeps
 _MAX_NAMES = 10_000
 #: error_type of a job's final event when the real one could not be built (its row still ends)
@@ -276,8 +278,11 @@ class JobStatusMiddleware(Middleware):
         state.fresh = None
         if not self._is_tracked(broker, message.actor_name):
             return
-        if SENT_OPTION in message.options or "retries" in message.options:
-            return  # a retry copy, or a delayed message coming back from the delay queue
+        if SENT_OPTION in message.options or _RETRY_MARK in message.options:
+            # announced already: a delayed message back from the delay queue, or a copy that
+            # Retries re-enqueued (it stamps the traceback; a producer's own options, even
+            # "retries", do not skip the owner check)
+            return
         try:
             owner = self.owner_of(message)
         except Exception as exc:

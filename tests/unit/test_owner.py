@@ -55,6 +55,30 @@ def test_tracked_send_without_a_valid_owner_raises_and_enqueues_nothing(
     assert harness.writer.submitted == []
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"retries": 0}, id="retries"),
+        pytest.param({"retries": 3, "max_retries": 5}, id="retries-and-max"),
+        pytest.param({"requeue_timestamp": 1}, id="requeue-timestamp"),
+    ],
+)
+def test_a_producers_own_options_do_not_skip_the_owner_check(harness: Harness, options: dict[str, Any]) -> None:
+    """Options a producer may set, some of which Dramatiq's Retries sets on its copies too."""
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> None:
+        return None
+
+    with pytest.raises(InvalidOwnerError):
+        build_course.send_with_options(args=({"text": "no owner"},), **options)
+    assert harness.broker.queues["default"].qsize() == 0
+    assert harness.writer.submitted == []
+
+    message = build_course.send_with_options(args=(owner_payload(),), **options)
+    assert [event.status for event in harness.writer.submitted_for(message.message_id)] == [Status.PENDING]
+
+
 def test_delayed_tracked_send_without_owner_is_refused_too(harness: Harness) -> None:
     @harness.actor
     def build_course(payload: dict[str, Any]) -> None:
