@@ -18,6 +18,7 @@ from dramatiq.broker import MessageProxy
 
 from .events import MAX_ATTEMPT, MAX_ERROR_CHARS, Owner
 from .redaction import clean_text
+from .storable import storable_time
 
 OwnerExtractor = Callable[[Message[Any]], Owner | None]
 
@@ -53,9 +54,13 @@ def check_owner(owner: Owner | None) -> str | None:
 
 def seconds_from_ms(milliseconds: Any) -> float | None:
     """Epoch milliseconds from a message (its timestamp, a retry's eta) as seconds, or None
-    when a hand-made message carries something else."""
+    when a hand-made message carries something else: not a number, or a time a row cannot
+    hold (NaN, 10**30, seconds where milliseconds belong: before 2000 or after 2200)."""
     if type(milliseconds) is int or type(milliseconds) is float:
-        return milliseconds / 1000
+        try:
+            return storable_time(milliseconds / 1000)
+        except OverflowError:  # an int too large for a float
+            return None
     return None
 
 

@@ -61,3 +61,27 @@ def test_each_test_gets_a_fresh_copy_of_the_migrated_template(
     assert name is not None and name[0] != status_template_database
     assert migrations is not None and migrations[0] > 0
     assert repr(status_database) == "StatusDatabase(...)"  # the URL may hold a password
+
+
+def test_a_hand_made_message_with_a_timestamp_in_seconds_still_gets_its_row(
+    status_database: StatusDatabase, status_broker: StubBroker, status_worker: StatusWorker
+) -> None:
+    """A producer that writes epoch seconds where Dramatiq has milliseconds (or any time a row
+    cannot hold): the job's row ends completed, without an enqueued_at, instead of every event
+    being rejected by the database's time check."""
+
+    @dramatiq.actor(track_status=True, max_retries=0)
+    def shout(payload: dict[str, Any]) -> str:
+        return payload["text"].upper()
+
+    owner = status_database.owner()
+    payload = {"tenant_id": owner.tenant_id, "user_id": owner.user_id, "text": "hi"}
+    sent = [
+        status_broker.enqueue(shout.message(payload).copy(message_timestamp=timestamp))
+        for timestamp in (1_780_000_000, float("nan"), 10**30)
+    ]
+    status_worker.join()
+    for message in sent:
+        row = status_database.row(message.message_id)
+        assert row is not None, message.message_timestamp
+        assert (row["status"], row["result"], row["enqueued_at"]) == ("completed", "HI", None)

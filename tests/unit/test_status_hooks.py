@@ -506,3 +506,40 @@ def test_the_sent_jobs_are_bounded_oldest_first() -> None:
         sent.add(f"job-{i}", owner, None)  # type: ignore[arg-type]
     assert len(sent) == 3
     assert [sent.get(f"job-{i}") is not None for i in range(5)] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        pytest.param(1_780_000_000, id="seconds-not-milliseconds"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(10**30, id="far-future"),
+        pytest.param(10**400, id="too-large-for-a-float"),
+        pytest.param(-5, id="negative"),
+        pytest.param("1780000000000", id="text"),
+    ],
+)
+@pytest.mark.parametrize("announced", [True, False], ids=["sent-here", "foreign-producer"])
+def test_a_message_timestamp_a_row_cannot_hold_leaves_enqueued_at_empty(
+    harness: Harness, timestamp: Any, announced: bool
+) -> None:
+    """A hand-made message (a producer in another language, one that writes seconds) whose
+    timestamp is no sane time: its events carry no enqueued_at rather than one SQL rejects
+    (which would leave the job without a row)."""
+
+    @harness.actor
+    def build_course(payload: dict[str, Any]) -> str:
+        return "done"
+
+    message = build_course.message(owner_payload()).copy(message_timestamp=timestamp)
+    if announced:
+        harness.broker.enqueue(message)
+    else:  # straight onto the queue, as a producer without the middleware puts it
+        harness.broker.queues["default"].put(message.encode())
+    harness.run()
+
+    events = harness.writer.submitted_for(message.message_id)
+    statuses = [event.status for event in events]
+    assert statuses[-1] is Status.COMPLETED and (statuses[0] is Status.PENDING) is announced, statuses
+    assert [event.enqueued_at for event in events] == [None] * len(events)
+    assert harness.store.last(message.message_id).status is Status.COMPLETED
