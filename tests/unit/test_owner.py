@@ -63,7 +63,9 @@ def test_tracked_send_without_a_valid_owner_raises_and_enqueues_nothing(
         pytest.param({"requeue_timestamp": 1}, id="requeue-timestamp"),
     ],
 )
-def test_a_producers_own_options_do_not_skip_the_owner_check(harness: Harness, options: dict[str, Any]) -> None:
+def test_a_producers_own_options_do_not_skip_the_owner_check(
+    harness: Harness, options: dict[str, Any]
+) -> None:
     """Options a producer may set, some of which Dramatiq's Retries sets on its copies too."""
 
     @harness.actor
