@@ -3,6 +3,8 @@ and leave the schema the rest of the system relies on."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from coursegen.migrate import MigrationError, applied_versions, list_migrations, migrate
 from tests.support.db import wait_for
 from tests.support.postgrest import STAND_IN_URL, PostgrestStandIn, service_key
+from tests.support.processes import app_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
 
@@ -33,6 +36,71 @@ def test_migrations_apply_in_order_to_a_fresh_database(empty_database_url: str) 
         assert names == {m.version: m.name for m in files}
     # a second run finds nothing to do
     assert migrate(empty_database_url) == []
+
+
+# `coursegen migrate` as its console script runs it (coursegen.cli:main), behind a gate: the
+# process imports everything, says so, then waits for a line on stdin, so that several start
+# together.
+_GATED_MIGRATE = """
+import sys
+import psycopg
+import coursegen.migrate
+from coursegen.cli import main
+print("ready", flush=True)
+sys.stdin.readline()
+sys.exit(main(["--verbose", "migrate"]))
+"""
+
+
+def test_migrate_runs_at_once_apply_each_migration_exactly_once(empty_database_url: str) -> None:
+    """Two release phases racing (README: migrate holds an advisory lock): several
+    `coursegen migrate` processes started at the same instant on an empty database all succeed,
+    and between them apply the local base and every migration exactly once."""
+    versions = [m.version for m in list_migrations()]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _GATED_MIGRATE],
+            env=app_env(DATABASE_URL=empty_database_url),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for run in runs:
+            assert run.stdout is not None
+            assert run.stdout.readline() == "ready\n"
+        for run in runs:  # all of them waiting, imports done: release them together
+            assert run.stdin is not None
+            run.stdin.write("go\n")
+            run.stdin.flush()
+        outputs = [run.communicate(timeout=60) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait(10)
+
+    applied: list[str] = []
+    bases = 0
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        bases += err.count("Applying the local Supabase base")
+        assert run.returncode == 0, (run.returncode, out, err)
+        first = out.splitlines()[0]
+        if first.startswith("applied: "):
+            applied += first.removeprefix("applied: ").split(", ")
+        else:
+            assert first == "nothing to apply: the database is up to date", out
+    assert sorted(applied) == versions, "every migration applied once, by one of the runs"
+    assert bases == 1, "the local base applied once (the others found its auth schema)"
+    with psycopg.connect(empty_database_url) as conn:
+        recorded = [
+            row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")
+        ]
+        assert sorted(recorded) == versions
+        assert conn.execute("select to_regclass('public.job_status') is not null").fetchone() == (True,)
 
 
 def test_migrations_apply_one_at_a_time(empty_database_url: str, tmp_path: Path) -> None:
