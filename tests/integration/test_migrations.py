@@ -103,6 +103,82 @@ def test_migrate_runs_at_once_apply_each_migration_exactly_once(empty_database_u
         assert conn.execute("select to_regclass('public.job_status') is not null").fetchone() == (True,)
 
 
+# What a Supabase project has before our migrations, in the forms it has them there (its auth
+# service's own definitions), none as supabase/bootstrap/local.sql would make it: auth.uid()'s
+# body, auth.users without row-level security, no default privileges of ours in public, no
+# realtime schema yet. The API roles are the cluster's (created here if this test runs first).
+_SUPABASE_LOOKALIKE = """
+do $$
+begin
+  if not exists (select from pg_roles where rolname = 'anon') then create role anon nologin noinherit; end if;
+  if not exists (select from pg_roles where rolname = 'authenticated') then
+    create role authenticated nologin noinherit;
+  end if;
+  if not exists (select from pg_roles where rolname = 'service_role') then
+    create role service_role nologin noinherit bypassrls;
+  end if;
+end
+$$;
+create schema auth;
+create table auth.users (
+  instance_id uuid,
+  id uuid primary key,
+  aud varchar(255),
+  role varchar(255),
+  email varchar(255),
+  encrypted_password varchar(255),
+  raw_user_meta_data jsonb,
+  created_at timestamptz
+);
+create function auth.uid() returns uuid language sql stable as $$
+  select
+    coalesce(
+      nullif(current_setting('request.jwt.claim.sub', true), ''),
+      (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+    )::uuid
+$$;
+"""
+
+
+def _supabase_sentinels(conninfo: str) -> dict[str, object]:
+    """What supabase/bootstrap/local.sql would change on such a database."""
+    with psycopg.connect(conninfo) as conn:
+        return {
+            "auth.uid() body": conn.execute(
+                "select prosrc from pg_proc where oid = 'auth.uid()'::regprocedure"
+            ).fetchone(),
+            "auth.users row-level security": conn.execute(
+                "select relrowsecurity from pg_class where oid = 'auth.users'::regclass"
+            ).fetchone(),
+            "auth.jwt()": conn.execute("select to_regprocedure('auth.jwt()')").fetchone(),
+            "default privileges in public": conn.execute(
+                "select count(*) from pg_default_acl where defaclnamespace = 'public'::regnamespace"
+            ).fetchone(),
+            "realtime schema": conn.execute("select to_regnamespace('realtime')").fetchone(),
+        }
+
+
+def test_the_local_base_is_never_applied_where_supabase_s_auth_schema_is(empty_database_url: str) -> None:
+    """README: on a database with an `auth` schema (every Supabase project) `coursegen migrate`
+    applies the migrations only, never supabase/bootstrap/local.sql."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(_SUPABASE_LOOKALIKE)
+    before = _supabase_sentinels(empty_database_url)
+    assert before == {
+        "auth.uid() body": before["auth.uid() body"],
+        "auth.users row-level security": (False,),
+        "auth.jwt()": (None,),
+        "default privileges in public": (0,),
+        "realtime schema": (None,),
+    }
+
+    assert migrate(empty_database_url) == [m.version for m in list_migrations()]
+
+    assert _supabase_sentinels(empty_database_url) == before, "the local base was applied"
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("select to_regclass('public.job_status') is not null").fetchone() == (True,)
+
+
 def test_migrations_apply_one_at_a_time(empty_database_url: str, tmp_path: Path) -> None:
     """Each migration applies on top of the previous ones alone (append-only history)."""
     files = list_migrations()
