@@ -7,6 +7,8 @@ updates are.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import threading
 import time
 import uuid
@@ -18,12 +20,14 @@ import psycopg
 import pytest
 import redis
 
+from coursegen import retention
 from coursegen.migrate import migrations_dir
 from middleware.events import Owner, Status, StatusEvent
 from middleware.outbox import RedisOutbox
 from middleware.stores.base import StatusStore
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
+from tests.support.processes import BIN, app_env
 from tests.support.stores import STORE_KINDS, open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
@@ -378,6 +382,151 @@ def test_the_retention_run_takes_its_settings_from_the_table(
     assert tombstones(database_url) == {finished[-1]}  # purged last (the youngest), kept a run longer
     with psycopg.connect(database_url, autocommit=True) as conn, pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("update public.job_status_retention set expire_after = '0'")
+
+
+# -- runs at once ------------------------------------------------------------------------------
+
+FINISHED, STALE, OLD_TOMBSTONES = 3000, 3000, 3000
+_PURGE_COUNTS = re.compile(r"expired: (\d+) .*\npurged: (\d+) .*\ntombstones dropped: (\d+) ")
+
+
+def test_retention_runs_at_once_handle_each_row_exactly_once(database_url: str, owner: Owner) -> None:
+    """README, Retention: a run alongside pg_cron's, or another `coursegen purge`, is harmless.
+    Two `coursegen purge` processes, a `coursegen.retention.run` and pg_cron's function, released
+    together on thousands of rows in batches of 100: every stale row expires once, every old
+    finished row is purged once and leaves one tombstone, every old tombstone goes once, the
+    runs' counts add up to exactly that, and none of them fails."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into public.job_status (job_id, tenant_id, user_id, actor_name, queue_name, status,"
+            " attempt, event_at, finished_at, created_at, updated_at)"
+            " select 'done-' || i, %(tenant)s::uuid, %(user)s::uuid, %(actor)s, %(queue)s,"
+            "  (array['completed', 'failed', 'cancelled', 'skipped'])[1 + i %% 4]::public.job_state,"
+            "  1, now() - interval '40 days', now() - interval '40 days', now() - interval '40 days',"
+            "  now() - interval '40 days'"
+            " from generate_series(1, %(finished)s) as i"
+            " union all"
+            " select 'stale-' || i, %(tenant)s::uuid, %(user)s::uuid, %(actor)s, %(queue)s,"
+            "  (array['pending', 'active', 'retrying'])[1 + i %% 3]::public.job_state,"
+            "  least(i %% 3, 1), now() - interval '9 days', null, now() - interval '9 days',"
+            "  now() - interval '9 days'"
+            " from generate_series(1, %(stale)s) as i",
+            {"tenant": owner.tenant_id, "user": owner.user_id, "actor": ACTOR, "queue": QUEUE,
+             "finished": FINISHED, "stale": STALE},
+        )  # fmt: skip
+        conn.execute(
+            "insert into public.job_status_tombstones (job_id, purged_at)"
+            " select 'gone-' || i, now() - interval '40 days' from generate_series(1, %s) as i",
+            (OLD_TOMBSTONES,),
+        )
+        conn.execute("update public.job_status_retention set batch_size = 100")
+    now = time.time()
+    recent = [new_job(), new_job()]  # neither old enough: left alone
+    with open_store("postgres", database_url) as store:
+        assert outcomes(
+            store,
+            [
+                event(owner, recent[0], Status.COMPLETED, now - DAY, result={"ok": True}),
+                event(owner, recent[1], Status.ACTIVE, now - DAY, progress=30),
+            ],
+        ) == ["applied", "applied"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("delete from realtime.messages")
+
+    counts: dict[str, tuple[int, ...]] = {}
+    errors: dict[str, BaseException] = {}
+
+    def in_process() -> None:
+        try:
+            done, _ = retention.run(database_url)
+            counts["coursegen.retention.run"] = (done.expired, done.purged, done.tombstones_dropped)
+        except BaseException as exc:  # reported below
+            errors["coursegen.retention.run"] = exc
+
+    def pg_cron() -> None:  # what the schedule runs, again until a run finds nothing
+        try:
+            total: tuple[int, ...] = (0, 0, 0)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                while True:
+                    one = conn.execute("select public.job_status_retention_run()").fetchone()[0]  # type: ignore[index]
+                    found = (one["expired"], one["purged"], one["tombstones_dropped"])
+                    if found == (0, 0, 0):
+                        break
+                    total = tuple(a + b for a, b in zip(total, found, strict=True))
+            counts["job_status_retention_run"] = total
+        except BaseException as exc:  # reported below
+            errors["job_status_retention_run"] = exc
+
+    env = app_env(DATABASE_URL=database_url)
+    with psycopg.connect(database_url) as gate:
+        # every run reads the settings first: they all wait here until the gate opens
+        gate.execute("lock table public.job_status_retention in access exclusive mode")
+        gate_pid = gate.info.backend_pid
+        purges = [
+            subprocess.Popen(
+                [str(BIN / "coursegen"), "purge"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        threads = [threading.Thread(target=in_process), threading.Thread(target=pg_cron)]
+        try:
+            for thread in threads:
+                thread.start()
+
+            def waiting() -> bool:
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "select count(*) from pg_stat_activity where datname = current_database()"
+                        " and pid <> %s and wait_event_type = 'Lock'",
+                        (gate_pid,),
+                    ).fetchone()
+                return row is not None and row[0] == 4
+
+            wait_for(waiting, timeout=30, what="the four runs to wait at the gate")
+            gate.commit()
+            for index, purge in enumerate(purges):
+                out, err = purge.communicate(timeout=60)
+                assert (purge.returncode, err) == (0, ""), out
+                found = _PURGE_COUNTS.search(out)
+                assert found is not None, out
+                counts[f"coursegen purge #{index}"] = tuple(int(n) for n in found.groups())
+        finally:
+            for purge in purges:
+                if purge.poll() is None:
+                    purge.kill()
+                    purge.wait(10)
+            for thread in threads:
+                thread.join(timeout=60)
+    assert errors == {}
+    assert len(counts) == 4
+    totals = tuple(sum(column) for column in zip(*counts.values(), strict=True))
+    assert totals == (STALE, FINISHED, OLD_TOMBSTONES), counts
+
+    with psycopg.connect(database_url) as conn:
+        by_state = conn.execute(
+            "select split_part(job_id, '-', 1), status::text, error_type, count(*) from public.job_status"
+            " where job_id like 'stale-%' or job_id like 'done-%' group by 1, 2, 3"
+        ).fetchall()
+        assert by_state == [("stale", "failed", "Expired", STALE)], "each stale row expired, none purged"
+        assert {row["job_id"]: row["status"] for row in fetch_rows(database_url, recent).values()} == {
+            recent[0]: "completed",
+            recent[1]: "active",
+        }
+        buried = conn.execute(
+            "select count(*), count(*) filter (where job_id like 'done-%'),"
+            " count(*) filter (where purged_at > now() - interval '1 day') from public.job_status_tombstones"
+        ).fetchone()
+        assert buried == (FINISHED, FINISHED, FINISHED), "one tombstone per purged row, the old ones gone"
+        # one broadcast UPDATE per expired row, nothing else (the purge's deletes are not broadcast)
+        messages = conn.execute(
+            "select payload ->> 'operation', count(*), count(distinct payload ->> 'job_id')"
+            " from realtime.messages group by 1"
+        ).fetchall()
+        assert messages == [("UPDATE", STALE, STALE)]
 
 
 # -- Realtime ----------------------------------------------------------------------------------
