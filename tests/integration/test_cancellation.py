@@ -1,10 +1,12 @@
 """Cancellation and payload validation, below the CLI: the SQL function that stamps a request,
 the producer API (coursegen.jobs) on PostgreSQL and through Supabase's REST API, and the worker
 side on a Dramatiq StubBroker with the real flags on real Redis (skip when queued, stop at the
-next checkpoint, never retried)."""
+next checkpoint, never retried); and a job cancelled while it fails or waits for its retry, on
+the testing kit writing real rows (ends cancelled, never runs again)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -18,11 +20,12 @@ import psycopg
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
+from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, TimeLimit, default_middleware
 from pydantic import BaseModel
 
 from coursegen.jobs import JobNotFound, Jobs, SupabaseReader, WaitTimeout
 from coursegen.settings import Settings
+from coursegen.testing import StatusDatabase
 from middleware import (
     InvalidPayloadError,
     JobCancelled,
@@ -32,8 +35,10 @@ from middleware import (
     install,
     progress,
 )
+from middleware.cancel_poll import CancelPoll
 from middleware.events import Owner, Status, StatusEvent, active_event
-from middleware.stores.base import APPLIED, Outcome
+from middleware.stores.base import APPLIED, Outcome, StatusStore
+from middleware.testing import RecordingStore, StatusWorker
 from middleware.writer import StatusWriter
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.postgrest import STAND_IN_URL, TEST_SECRET_KEY, PostgrestStandIn, service_key
@@ -437,3 +442,153 @@ def test_an_unreadable_flag_never_stops_a_job_nor_its_status(
         worker.stop()
     assert (final.status, final.result) == (Status.COMPLETED, "done")
     assert [e.progress for e in submitted if e.status is Status.ACTIVE] == [None, 0, 20, 40, 60, 80]
+
+
+# -- a job between two attempts (retrying), on the testing kit and real rows ---------------------
+
+
+class RetryGate(Middleware):
+    """Holds a delayed message (a retry waiting for its backoff) in the worker's consumer, before
+    it can run, until the test opens the gate: the test acts while the job is `retrying`."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.opened.set()
+        self.held = threading.Event()
+
+    def close(self) -> None:
+        self.opened.clear()
+
+    def before_delay_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        self.held.set()
+        self.opened.wait(30)
+
+
+@pytest.fixture
+def retry_gate() -> Iterator[RetryGate]:
+    gate = RetryGate()
+    yield gate
+    gate.opened.set()  # never leave the worker's consumer stuck
+
+
+@pytest.fixture
+def worker_flags(redis_url: str) -> Iterator[RedisCancelFlags]:
+    """The flags a worker reads (on real Redis; read at every check)."""
+    client = redis.Redis.from_url(redis_url)
+    yield RedisCancelFlags(client, refresh=0)
+    client.close()
+
+
+@pytest.fixture
+def status_broker_options(retry_gate: RetryGate, worker_flags: RedisCancelFlags) -> dict[str, Any]:
+    """The kit's broker with Dramatiq's middleware, retries 1-10 ms apart (the kit's own; note that
+    ``Retries(min_backoff=0)`` would mean Dramatiq's 15 s), the gate, and the real flags."""
+    return {
+        "middleware": [
+            *(Retries(min_backoff=1, max_backoff=10) if m is Retries else m() for m in default_middleware),
+            retry_gate,
+        ],
+        "is_cancel_requested": worker_flags.is_requested,
+    }
+
+
+@pytest.fixture
+def status_backend(status_database: StatusDatabase) -> StatusStore:
+    return status_database.store()
+
+
+def cancel_as_user(conninfo: str, owner: Owner, job_id: str) -> str | None:
+    """``supabase.rpc('cancel_job', { job_id })`` from the owner's browser: the role and claims
+    PostgREST sets, in one transaction."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("set local role authenticated")
+        conn.execute(
+            "select set_config('request.jwt.claims', %s, true)",
+            (json.dumps({"sub": owner.user_id, "role": "authenticated"}),),
+        )
+        row = conn.execute("select public.cancel_job(%s)::text", (job_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def ended_cancelled_without_running_again(
+    broker: StubBroker, store: RecordingStore, database: StatusDatabase, job_id: str, runs: list[str]
+) -> None:
+    assert runs == [job_id], "the actor ran once: attempt 1"
+    assert store.statuses(job_id) == [Status.PENDING, Status.ACTIVE, Status.RETRYING, Status.CANCELLED]
+    last = store.last(job_id)
+    assert (last.status, last.attempt) == (Status.CANCELLED, 2)  # the retry, skipped
+    row = database.row(job_id)
+    assert row is not None
+    assert (row["status"], row["attempt"], row["next_retry_at"]) == ("cancelled", 2, None)
+    assert [m.message_id for m in broker.dead_letters] == [job_id]
+    assert all(queue.qsize() == 0 for queue in broker.queues.values()), "no attempt left to run"
+
+
+def test_a_job_cancelled_during_its_attempt_and_failing_ends_cancelled_not_retried(
+    status_broker: StubBroker,
+    status_worker: StatusWorker,
+    status_store: RecordingStore,
+    status_database: StatusDatabase,
+    worker_flags: RedisCancelFlags,
+) -> None:
+    """Cancelled while attempt 1 runs, before it reaches a checkpoint, which then fails with
+    an error that is retried: the retry is skipped, the job ends `cancelled`."""
+    runs: list[str] = []
+
+    @dramatiq.actor(track_status=True, max_retries=5)
+    def flaky(payload: dict[str, Any]) -> None:
+        job_id = CurrentMessage.get_current_message().message_id  # type: ignore[union-attr]
+        runs.append(job_id)
+        worker_flags.request(job_id)  # coursegen.jobs.cancel, while it runs
+        raise ConnectionError("upstream went away")
+
+    owner = status_database.owner()
+    message = flaky.send({"tenant_id": owner.tenant_id, "user_id": owner.user_id})
+    status_worker.join()
+
+    ended_cancelled_without_running_again(
+        status_broker, status_store, status_database, message.message_id, runs
+    )
+
+
+def test_a_retrying_job_cancelled_from_the_browser_ends_cancelled_without_running_again(
+    status_broker: StubBroker,
+    status_worker: StatusWorker,
+    status_store: RecordingStore,
+    status_database: StatusDatabase,
+    worker_flags: RedisCancelFlags,
+    retry_gate: RetryGate,
+) -> None:
+    """README, Cancellation: the browser's cancel_job on a `retrying` job (the snippet's
+    'cancelling'), copied to the flags by the fleet's poller while the retry waits for its
+    backoff: the retry is skipped, the job ends `cancelled`."""
+    runs: list[str] = []
+
+    @dramatiq.actor(track_status=True, max_retries=5)
+    def flaky(payload: dict[str, Any]) -> None:
+        runs.append(CurrentMessage.get_current_message().message_id)  # type: ignore[union-attr]
+        raise ConnectionError("upstream went away")
+
+    owner = status_database.owner()
+    retry_gate.close()
+    try:
+        message = flaky.send({"tenant_id": owner.tenant_id, "user_id": owner.user_id})
+        job_id = message.message_id
+        assert retry_gate.held.wait(30), "the retry reached the worker"
+        wait_for(
+            lambda: (status_database.row(job_id) or {}).get("status") == "retrying",
+            timeout=30,
+            what="the row to say retrying",
+        )
+
+        assert cancel_as_user(status_database.url, owner, job_id) == "retrying"
+        store = status_database.store()
+        try:  # the poll's turn in the lease holder: the stamp is flagged for the workers
+            assert CancelPoll(worker_flags, interval=0.01).poll(store).copied == 1
+        finally:
+            store.close()
+    finally:
+        retry_gate.opened.set()
+    status_worker.join()
+
+    ended_cancelled_without_running_again(status_broker, status_store, status_database, job_id, runs)
