@@ -16,6 +16,8 @@ import psycopg
 import pytest
 import redis
 
+from coursegen.app import build_app
+from coursegen.settings import load_settings
 from middleware import RedisCancelFlags
 from middleware.cancel_poll import CancelPoll, PollResult
 from middleware.errors import TransientStoreError
@@ -277,3 +279,42 @@ def test_only_a_worker_s_writer_polls(database_url: str, client: redis.Redis) ->
         wait_for(lambda: flags.is_requested(job_id), timeout=10, interval=0.02, what="the worker's poll")
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize(("interval", "polls"), [("0", False), ("1", True)], ids=["off", "on"])
+def test_cancel_poll_interval_zero_turns_the_fleet_s_poller_off(
+    database_url: str,
+    redis_url: str,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    interval: str,
+    polls: bool,
+) -> None:
+    """README, Cancellation: COURSEGEN_CANCEL_POLL_INTERVAL=0 turns the poller off. A worker's
+    app, its writer started as at boot: with 1 the stamp made in the database is flagged; with
+    0 the writer goes round its loop and never takes the lease, reads nor flags anything."""
+    owner = create_owner(database_url)
+    [job_id] = jobs_of(database_url, owner, Status.ACTIVE)
+    stamp(database_url, [job_id])
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COURSEGEN_CANCEL_POLL_INTERVAL", interval)
+    app = build_app(load_settings())
+    flags = RedisCancelFlags(client, refresh=0)
+    try:
+        assert app.status is not None
+        writer = app.status.writer
+        writer.start()  # what a worker does at boot
+        if polls:
+            wait_for(lambda: flags.is_requested(job_id), timeout=10, interval=0.02, what="the poller's flag")
+        else:
+            for _ in range(3):  # each batch is taken in a later turn of the loop than the last one
+                writer.submit(
+                    StatusEvent(f"w-{uuid.uuid4()}", Status.PENDING, 0, owner, "a", "q", time.time())
+                )
+                assert writer.flush(timeout=10)
+            assert not flags.is_requested(job_id)
+        lease_or_watermark = client.exists("job_status:cancel_poll", "job_status:cancel_poll:watermark")
+        assert (lease_or_watermark > 0) is polls
+    finally:
+        app.close()
