@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import dramatiq
 import pytest
@@ -26,6 +27,8 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Middleware
 # PROMETHEUS_MULTIPROC_DIR is unset, before any test here sets it.
 from prometheus_client import CollectorRegistry
 
+from coursegen.app import build_app
+from coursegen.settings import Settings
 from middleware.errors import TransientStoreError
 from middleware.events import Owner, Status, StatusEvent
 from middleware.metrics_endpoint import (
@@ -33,6 +36,7 @@ from middleware.metrics_endpoint import (
     WorkerPrometheus,
     clean_multiproc_dir,
     exposition_registry,
+    metrics_wsgi_app,
     multiproc_dir,
     serve_worker_metrics,
     start_metrics_server,
@@ -43,6 +47,7 @@ from middleware.stores.base import APPLIED, Outcome
 from middleware.sync_metrics import SyncMetrics, observe_many
 from middleware.writer import StatusWriter
 from tests.support.db import wait_for
+from tests.support.processes import free_port
 
 OWNER = Owner(str(uuid.uuid4()), str(uuid.uuid4()))
 SECRET = "hunter2-Zq9"
@@ -442,6 +447,67 @@ def test_a_producer_serves_its_metrics_over_http() -> None:
     assert "# TYPE job_status_sync_events_total counter" in text
     assert "job_status_sync_write_seconds_count" in text
     assert "job_status_sync_outbox_depth" in text
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["postgres", "supabase"])
+def test_a_web_app_s_metrics_endpoint_serves_the_sync_metrics_and_no_secret(
+    redis_url: str, kind: str
+) -> None:
+    """README, Monitoring: a web app mounts ``metrics_wsgi_app()`` at /metrics. A producer whose
+    settings hold a database password and a service key sends a job while its store is down
+    (the writer fails, spills to the outbox): its endpoint, served by a real WSGI server,
+    answers 200 with the job_status_sync_* families, and neither secret is in it."""
+    password, key = f"pw-{uuid.uuid4().hex}", f"sb_secret_{uuid.uuid4().hex}"
+    down = free_port()  # nothing listens there
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=f"postgresql://app:{password}@127.0.0.1:{down}/app",
+        supabase_url=f"http://127.0.0.1:{down}" if kind == "supabase" else None,
+        supabase_service_role_key=key,
+        flush_interval=0.01,
+        retry_attempts=1,
+        retry_seconds=0.5,
+        store_timeout=0.5,
+        metrics=False,
+    )
+    assert settings.status_store() == kind
+    app = build_app(settings)
+    try:
+        job = dramatiq.actor(lambda payload: None, actor_name="metered", broker=app.broker, track_status=True)
+        job.send({"tenant_id": OWNER.tenant_id, "user_id": OWNER.user_id})
+        assert app.flush(timeout=30)  # spilled to the outbox
+        server = make_server("127.0.0.1", 0, metrics_wsgi_app(), handler_class=_Quiet)
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{server.server_port}/metrics", timeout=10
+            ) as response:
+                status, content_type, body = (
+                    response.status,
+                    response.headers["Content-Type"],
+                    response.read(),
+                )
+        finally:
+            server.shutdown()
+            serving.join(10)
+            server.server_close()
+    finally:
+        app.close()
+    text = body.decode()
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
+    for family in ("events", "writes", "failures", "outbox_depth", "write_seconds", "queue_depth"):
+        assert f"# TYPE job_status_sync_{family}" in text, family
+    assert 'job_status_sync_events_total{status="pending"}' in text
+    assert "job_status_sync_failures_total{" in text, "the store being down was counted"
+    for secret in (password, key, password[3:12], key[10:20]):
+        assert secret not in text, "a secret reached the metrics"
 
 
 def test_a_producer_with_a_multiprocess_directory_serves_the_merge(
