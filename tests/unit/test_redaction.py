@@ -490,6 +490,42 @@ CATALOGUE = [
         "never closed and long",
         "password='",
     ),
+    # a name, blanks, then one word that looks like a secret (8 or more, letters and digits)
+    case(
+        "passwd-space",
+        "login as app with passwd hunter2hunter2 failed",
+        "hunter2hunter2",
+        "login as app with passwd ",
+        " failed",
+    ),
+    case(
+        "token-space",
+        "refresh with token hunter2hunter2 (HTTP 401)",
+        "hunter2hunter2",
+        "refresh with token ",
+        " (HTTP 401)",
+    ),
+    case(
+        "password-flag",
+        "psql --password Tr0ub4dor99 -h db exited with 2",
+        "Tr0ub4dor99",
+        "psql --password ",
+        " -h db exited with 2",
+    ),
+    case(
+        "secret-space-quoted",
+        "client secret 'ab12CD34ef56' rejected",
+        "ab12CD34ef56",
+        "client secret '",
+        "' rejected",
+    ),
+    case(
+        "api-key-space-end-of-sentence",
+        "Bad API_KEY\tFAKEapik3y0123. Try again.",
+        "FAKEapik3y0123",
+        "Bad API_KEY\t",
+        ". Try again.",
+    ),
     # Supabase keys
     case(
         "supabase-secret-key",
@@ -554,6 +590,11 @@ def test_every_kind_of_secret_is_redacted_and_its_context_kept(
         "pwd is /tmp; tokenizer=gpt2; secretary: Bob; skip-navigation; sk-learn; AKIA is AWS's prefix",
         "base64 aGVsbG8gd29ybGQ= and a long identifier generate_course_outline_for_beginners",
         "CourseGenerationError: the sources hold 6 words; at least 50 are needed",
+        # a name, a space, then prose or a number: no secret
+        "token expired at 2030-01-01T00:00:00Z; password reset failed for ada@example.com",
+        "refresh token revoked; the secret sauce is patience; password required",
+        "Token Refreshed successfully; Password Changed; api_key rotation overdue",
+        "the password is hunter2; token 12345678 of 20; passwords mismatch2024",
     ],
 )
 def test_ordinary_text_is_left_alone(text: str) -> None:
@@ -570,6 +611,8 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
         ("token=None", "token=[REDACTED]"),
         # a 40-character base64 word with both cases and a digit, where AWS or a secret is named
         ("aws cache key Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789abcd", "aws cache key [REDACTED]"),
+        # a word of letters and digits after a name and a space, secret or not
+        ("token utf8mb4_general_ci rejected", "token [REDACTED] rejected"),
         # an '@' later in a URL's first word (before any '/'): all up to the last '@' goes
         ("https://u:pw@host?mail=a@b.c", "https://u:[REDACTED]@b.c"),
     ],
