@@ -267,6 +267,8 @@ def test_a_stored_error_message_is_redacted_and_capped(
         "a PGPASSWORD": "open-sesame-42",
         "a quoted password": "letmein-letmein",
         "a new-style key": "sb_secret_AbCdEf0123456789xyz",
+        "a password after a space": "Tr0ub4dor99x",
+        "a token after a space": "ab12cd34ef56",
     }
     message = (
         f"cannot reach the API with apikey {key}; "
@@ -274,7 +276,8 @@ def test_a_stored_error_message_is_redacted_and_capped(
         "outbox redis://:swordfish-swordfish@cache.internal:6379/0 down; "
         "env PGPASSWORD=open-sesame-42 "
         "config {'user': 'app', 'password': 'letmein-letmein'} "
-        "key sb_secret_AbCdEf0123456789xyz " + "and then some more context " * 100
+        "key sb_secret_AbCdEf0123456789xyz; ftp login with passwd Tr0ub4dor99x refused; "
+        "refresh token ab12cd34ef56 expired " + "and then some more context " * 100
     )
 
     @dramatiq.actor(broker=broker, track_status=True, max_retries=0)
@@ -301,6 +304,7 @@ def test_a_stored_error_message_is_redacted_and_capped(
     assert_hidden(key, stored, "the stored error message")
     assert "[REDACTED]" in stored
     assert "db.internal:5432" in stored and "cache.internal" in stored, "context around secrets survives"
+    assert "ftp login with passwd [REDACTED] refused" in stored
     assert len(stored) <= MAX_ERROR_CHARS
 
 
