@@ -103,6 +103,7 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware |
             max_wait=settings.flush_max_wait,
             max_batch=settings.max_batch,
             max_buffer=settings.max_buffer,
+            max_block=settings.max_block,
             retry_attempts=settings.retry_attempts,
             retry_seconds=settings.retry_seconds,
             cancel_poll=CancelPoll(flags, interval=settings.cancel_poll_interval) if poll_database else None,

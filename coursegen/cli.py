@@ -254,7 +254,7 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     import redis
 
     from middleware.errors import TransientStoreError
-    from middleware.outbox import RedisOutbox
+    from middleware.outbox import MAX_DEAD_LETTERS, RedisOutbox
 
     settings = load_settings()
     client = redis.Redis.from_url(
@@ -263,7 +263,10 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
         socket_connect_timeout=settings.store_timeout,
     )
     outbox = RedisOutbox(client)
+    if args.limit < 1:
+        return _fail("outbox", "--limit must be at least 1", EXIT_CONFIG)
     count = None if args.all else args.limit
+    jobs = args.job  # None: every job's
     try:
         if args.action == "stats":
             depth, dead = outbox.depth(), outbox.dead_depth()
@@ -271,16 +274,16 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
                 return _fail("outbox", "cannot reach Redis", EXIT_UNREACHABLE)
             print(f"waiting: {depth}\ndead letters: {dead}")
         elif args.action == "list":
-            for letter in outbox.dead_letters(0, count or 1_000_000):
+            for letter in outbox.dead_letters(0, count or MAX_DEAD_LETTERS, jobs=jobs):
                 when = dt.datetime.fromtimestamp(letter.dead_at, dt.UTC).isoformat(timespec="seconds")
                 if args.json:
                     print(json.dumps({"reason": letter.reason, "dead_at": when, "entry": letter.entry}))
                 else:
                     print(f"{when}  {letter.reason}\n    {letter.entry[:300]}")
         elif args.action == "requeue":
-            print(f"requeued: {outbox.requeue_dead(count)}")
+            print(f"requeued: {outbox.requeue_dead(count, jobs=jobs)}")
         else:
-            print(f"dropped: {outbox.drop_dead(count)}")
+            print(f"dropped: {outbox.drop_dead(count, jobs=jobs)}")
     except TransientStoreError:
         return _fail("outbox", "cannot reach Redis", EXIT_UNREACHABLE)
     finally:
@@ -364,13 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
         "event, rejected by the store, failing every drain), each with the reason. `stats` "
         "counts both; `list` shows the dead letters, oldest first; `requeue` puts them back in "
         "the outbox (after fixing their cause: say, creating a missing tenant); `drop` forgets "
-        "them. list, requeue and drop take the oldest --limit N, or --all.",
+        "them. list, requeue and drop take the oldest --limit N, or --all, of every job or of "
+        "the --job given. Each letter is moved in one step: whatever fails, or whoever else "
+        "requeues at the same time, it is in the dead letters or in the outbox, once. "
+        "Prints how many were requeued or dropped.",
     )
     outbox.add_argument("action", choices=["stats", "list", "requeue", "drop"])
     outbox.add_argument(
         "--limit", type=int, default=20, metavar="N", help="at most N dead letters (default: 20)"
     )
-    outbox.add_argument("--all", action="store_true", help="every dead letter")
+    outbox.add_argument("--all", action="store_true", help="every dead letter (there when it starts)")
+    outbox.add_argument(
+        "--job",
+        action="append",
+        metavar="JOB_ID",
+        help="only this job's dead letters (repeat for several jobs)",
+    )
     outbox.add_argument("--json", action="store_true", help="list: one JSON object per line")
     outbox.set_defaults(func=_cmd_outbox)
 

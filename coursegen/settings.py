@@ -66,7 +66,24 @@ class Settings(BaseSettings):
         ),
     )
     max_batch: int = Field(500, ge=1, le=5000)
-    max_buffer: int = Field(20_000, ge=100)
+    max_buffer: int = Field(
+        20_000,
+        ge=100,
+        description=(
+            "jobs a process holds in memory (buffered, or being written) before hooks wait: "
+            "reached only while the store and Redis are both down, or the store is far slower "
+            "than the work"
+        ),
+    )
+    max_block: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description=(
+            "seconds a hook waits for room in a full buffer, per status, before keeping the "
+            "status anyway (counted as an overflow); 0: never waits"
+        ),
+    )
     store_timeout: float = Field(5.0, gt=0, le=120)
     supabase_timeout: float = Field(
         10.0,

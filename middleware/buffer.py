@@ -6,8 +6,14 @@ changes many times between two flushes costs one row write. A job that began run
 noted (:meth:`EventBuffer.started`): its ``active`` event is made when the writer next takes a
 batch, if nothing newer came in between, so a short job costs one event, its final status.
 
-Memory is bounded: past ``max_buffer`` jobs, progress-only events are dropped and a submitting
-thread waits up to ``max_block`` seconds for room; a status is never dropped here.
+Memory is bounded, and so is the time a hook waits. The bound, ``max_buffer``, counts the jobs
+whose news is buffered or in flight (taken by the writer, not yet written nor spilled): a batch
+taken out and put back because the store and the outbox are both down makes no room, only one
+written or spilled does. Past it, a progress-only event is dropped (counted), and a status waits
+up to ``max_block`` seconds for room, then is kept anyway (counted as an overflow): a status is
+never dropped here. So while nothing can be written, each further job costs its thread up to
+``max_block`` once, and the buffer holds at most ``max_buffer`` jobs plus the overflows counted
+(plus the ``active`` event of each job running, made from its noted start).
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ class EventBuffer:
         return len(self.events) + len(self.starts)
 
     @property
+    def held(self) -> int:
+        """Jobs counted against ``max_buffer``: buffered, and taken but not yet written."""
+        return len(self.events) + self.inflight
+
+    @property
     def empty(self) -> bool:
         """Nothing buffered, noted or in flight (lock held by the caller)."""
         return not self.events and not self.starts and not self.inflight
@@ -51,15 +62,16 @@ class EventBuffer:
 
     def add_locked(self, event: StatusEvent) -> None:
         self.counts[event.status] += 1  # a StrEnum: its label is its value
+        old = self.events.get(event.job_id)
+        if old is None and self.held >= self.max_buffer and not self._make_room(event):
+            return  # progress dropped; the job's noted start still makes its active event
         if self.starts:
             self.starts.pop(event.job_id, None)  # this event says more than the start
-        old = self.events.get(event.job_id)
         if old is not None:
             self.merge_locked(event, old)
             return
-        if len(self.events) >= self.max_buffer and not self._make_room(event):
-            return
-        self.events[event.job_id] = event
+        # the lock was let go while waiting for room: the writer may have put one back since
+        self.merge_locked(event, self.events.get(event.job_id))
         if len(self.events) >= self.max_batch:
             self.cond.notify_all()
 
@@ -77,14 +89,14 @@ class EventBuffer:
             self.events[event.job_id] = event
 
     def _make_room(self, event: StatusEvent) -> bool:
-        """The buffer is full. False: drop the event (progress only)."""
+        """The buffer is full. False: drop the event (progress only); else wait up to
+        ``max_block`` for a batch to be written or spilled, and keep the event either way."""
         if event.status is Status.ACTIVE and event.progress is not None:
             self.counts[DROPPED_PROGRESS] += 1
             return False
         self.cond.notify_all()
-        self.cond.wait_for(lambda: len(self.events) < self.max_buffer, timeout=self.max_block)
-        if len(self.events) >= self.max_buffer:
-            self.counts[OVERFLOW] += 1  # accepted anyway: a status is never dropped here
+        if not self.cond.wait_for(lambda: self.held < self.max_buffer, timeout=self.max_block):
+            self.counts[OVERFLOW] += 1  # kept anyway: a status is never dropped here
         return True
 
     # -- the writer thread ------------------------------------------------------------------------
@@ -103,12 +115,12 @@ class EventBuffer:
         else:
             keys = list(self.events)[: self.max_batch]
             batch = [self.events.pop(key) for key in keys]
-        self.inflight += len(batch)
-        self.cond.notify_all()  # room for submitters waiting in _make_room
+        self.inflight += len(batch)  # still counted against max_buffer until done()
         return batch
 
     def done(self, count: int) -> None:
-        """``count`` taken events were written, spilled or given up on."""
+        """``count`` taken events were written, spilled or given up on (or put back first,
+        :meth:`requeue`): room for the hooks waiting in :meth:`_make_room`."""
         with self.cond:
             self.inflight -= count
             self.cond.notify_all()

@@ -5,17 +5,23 @@ producers without store credentials push their ``pending`` events here directly.
 writer drains it (:mod:`middleware.drain`) when the store answers again. Events are idempotent
 in the store, so draining twice or out of order is harmless.
 
-Draining never loses an entry, even to a worker killed mid-drain: :meth:`RedisOutbox.take`
-moves a batch (in one Lua script) from the list into a claim, a list of its own with a lease
-in a sorted set; :meth:`RedisOutbox.settle` then deletes the claim, returning the entries the
-store could not take to the list and moving the ones that can never be written to the dead
-letters, in one transaction. A claim whose lease ran out (its worker died) goes back to the
-list at the next ``take`` by any worker.
+Every move of entries between lists is one Lua script, so that an entry is always in exactly one
+of them, whatever fails when, and each script may run twice: redis-py runs a command again after a
+connection error, and one whose answer was lost had run already. Draining never loses an entry,
+even to a worker killed mid-drain: :meth:`RedisOutbox.take` moves a batch from the list into a
+claim, a list of its own with a lease in a sorted set (run again, it answers the same claim);
+:meth:`RedisOutbox.settle` then deletes the claim, returning the entries the store could not take
+to the list and moving the ones that can never be written to the dead letters (run again, or
+after the claim went back to the list, it does nothing). A claim whose lease ran out (its worker
+died) goes back to the list at the next ``take`` by any worker.
 
 Every entry is checked when it is read (:func:`parse_entry`: a pydantic model of the event);
 one that is not JSON, nests too deep, has a field of the wrong type or an owner that is not a
 UUID never blocks another: it goes to the dead letters (``<key>:dead``) with the reason, where
-``coursegen outbox`` lists, requeues or drops it.
+``coursegen outbox`` lists, requeues or drops it. Requeueing and dropping name the very letters
+they read: each is taken out of the dead letters (and put in the list) only if it is still there,
+in one script, so two operators at once, or one whose command is retried, never move a letter
+twice nor lose one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -46,6 +52,10 @@ MAX_DEAD_LETTERS = 100_000
 
 #: KEYS: the list, the leases. ARGV: count, the new claim's key, lease (ms). Server time only.
 _TAKE = """
+if redis.call('EXISTS', ARGV[2]) == 1 then
+  -- this call ran already and its answer was lost: the same claim, not a second batch in it
+  return redis.call('LRANGE', ARGV[2], 0, -1)
+end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, 100)
@@ -67,6 +77,65 @@ end
 redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[2])
 return items
 """
+
+#: KEYS: the list, the dead letters, the leases, the claim. ARGV: dead letters kept, the number of
+#: entries to put back, those entries, then the dead letters to add.
+_SETTLE = """
+if redis.call('ZREM', KEYS[3], KEYS[4]) == 0 then
+  -- settled already (this call ran and its answer was lost), or the lease ran out and its
+  -- entries went back to the list: each entry is there, once
+  return 0
+end
+redis.call('DEL', KEYS[4])
+local back = tonumber(ARGV[2])
+for i = 3, 2 + back, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, 2 + back)))
+end
+if #ARGV > 2 + back then
+  for i = 3 + back, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[1]), -1)
+end
+return 1
+"""
+
+#: KEYS: the dead letters, the list, this operation's answer. ARGV: how long the answer is kept
+#: (ms), "requeue" or "drop", then the dead letters as read (requeue: each followed by the entry
+#: to put in the list). A letter no longer there (moved by another operator) is skipped. The
+#: answer, the number moved, is kept for a call run again after its answer was lost.
+_MOVE_DEAD = """
+local done = redis.call('GET', KEYS[3])
+if done then
+  return tonumber(done)
+end
+local requeue = ARGV[2] == 'requeue'
+local step = requeue and 2 or 1
+local moved = 0
+for i = 3, #ARGV, step do
+  local gone
+  if redis.call('LINDEX', KEYS[1], 0) == ARGV[i] then
+    redis.call('LPOP', KEYS[1])  -- the usual case, oldest first: no scan of the list
+    gone = 1
+  else
+    gone = redis.call('LREM', KEYS[1], 1, ARGV[i])
+  end
+  if gone == 1 then
+    moved = moved + 1
+    if requeue then
+      redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    end
+  end
+end
+redis.call('SET', KEYS[3], moved, 'PX', ARGV[1])
+return moved
+"""
+
+#: dead letters named per script call (a requeue or a drop), and their bytes at most
+_MOVE_CHUNK = 200
+_MOVE_CHUNK_BYTES = 16 * 1024 * 1024
+#: how long a requeue's or drop's answer is kept in Redis, for a call run again
+_ANSWER_MS = 10 * 60 * 1000
 
 _Time = Annotated[float, Field(ge=MIN_TIME, le=MAX_TIME, allow_inf_nan=False)]
 _Name = Annotated[str, Field(min_length=1, max_length=255)]
@@ -197,7 +266,7 @@ class RedisOutbox:
         self.leases_key = f"{key}:leases"
         self.dead_key = f"{key}:dead"
         self.lease_seconds = lease_seconds
-        self._take_script: Any = None
+        self._scripts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"RedisOutbox(key={self.key!r})"
@@ -210,11 +279,9 @@ class RedisOutbox:
     def take(self, count: int) -> Claim:
         """Claim up to ``count`` entries (first returning expired claims to the list)."""
         claim_key = f"{self.key}:claim:{uuid.uuid4().hex}"
-        if self._take_script is None:
-            self._take_script = self.client.register_script(_TAKE)
         raw = self._call(
             "read",
-            self._take_script,
+            self._script("take", _TAKE),
             keys=[self.key, self.leases_key],
             args=[max(1, int(count)), claim_key, int(self.lease_seconds * 1000)],
         )
@@ -228,26 +295,20 @@ class RedisOutbox:
         dead: Sequence[tuple[bytes | str, str]] = (),
     ) -> None:
         """End ``claim``: ``put_back`` entries return to the list, ``dead`` ones (entry, reason)
-        go to the dead letters, the rest are forgotten (written). One transaction; raises
-        TransientStoreError when Redis cannot be told (the lease then runs out and every entry
-        comes back, which is harmless)."""
+        go to the dead letters, the rest are forgotten (written). One script, which does nothing
+        when the claim is no longer held (settled already, or its lease ran out and its entries
+        went back to the list). Raises TransientStoreError when Redis cannot be told (the lease
+        then runs out and every entry comes back, which is harmless)."""
         if claim.key is None:
             return
         now = time.time()
         letters = [_letter(raw, reason, now) for raw, reason in dead]
-
-        def run() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                if put_back:
-                    pipe.rpush(self.key, *put_back)
-                if letters:
-                    pipe.rpush(self.dead_key, *letters)
-                    pipe.ltrim(self.dead_key, -MAX_DEAD_LETTERS, -1)
-                pipe.delete(claim.key)
-                pipe.zrem(self.leases_key, claim.key)
-                pipe.execute()
-
-        self._call("update", run)
+        self._call(
+            "update",
+            self._script("settle", _SETTLE),
+            keys=[self.key, self.dead_key, self.leases_key, claim.key],
+            args=[MAX_DEAD_LETTERS, len(put_back), *put_back, *letters],
+        )
 
     def bury(self, letters: Sequence[tuple[str, str]]) -> None:
         """Add (entry, reason) dead letters: events the store rejected and nothing could
@@ -274,46 +335,77 @@ class RedisOutbox:
 
     # -- dead letters (coursegen outbox) ---------------------------------------------------------
 
-    def dead_letters(self, start: int = 0, count: int = 20) -> list[DeadLetter]:
-        """Dead letters, oldest first, from index ``start``."""
-        letters = []
-        for item in self._call("read", self.client.lrange, self.dead_key, start, start + count - 1):
-            try:
-                doc = json.loads(item)
-                letters.append(DeadLetter(str(doc["reason"]), float(doc["dead_at"]), str(doc["entry"])))
-            except (ValueError, TypeError, KeyError):
-                letters.append(DeadLetter("unreadable dead letter", 0.0, _text(item)))
-        return letters
+    def dead_letters(
+        self, start: int = 0, count: int = 20, *, jobs: Collection[str] | None = None
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first, from index ``start`` (of those of ``jobs``, when given)."""
+        raw = self._read_dead(count, jobs, start=start)
+        return [_dead_letter(item) for item in raw]
 
-    def requeue_dead(self, count: int | None = None) -> int:
-        """Move up to ``count`` (None: all) dead letters, oldest first, back to the outbox;
-        returns how many. An entry comes back as it was: without its ``_tries``."""
+    def requeue_dead(self, count: int | None = None, *, jobs: Collection[str] | None = None) -> int:
+        """Move up to ``count`` (None: all there are now) dead letters, oldest first, of
+        ``jobs`` when given, back to the outbox; returns how many. An entry comes back as it
+        was, without its ``_tries``. Each letter is moved in one script (see the module
+        docstring): a failure at any point leaves it in the dead letters or in the list."""
+        return self._move_dead("requeue", count, jobs)
+
+    def drop_dead(self, count: int | None = None, *, jobs: Collection[str] | None = None) -> int:
+        """Forget up to ``count`` (None: all there are now) dead letters, oldest first, of
+        ``jobs`` when given; returns how many."""
+        return self._move_dead("drop", count, jobs)
+
+    def _move_dead(self, mode: str, count: int | None, jobs: Collection[str] | None) -> int:
+        if count is None:  # all: those there now, not those buried while this runs
+            count = int(self._call("read", self.client.llen, self.dead_key))
+        script = self._script("move_dead", _MOVE_DEAD)
         moved = 0
-        while count is None or moved < count:
-            item = self._call("update", self.client.lpop, self.dead_key)
-            if item is None:
+        while moved < count:
+            letters = self._read_dead(min(count - moved, _MOVE_CHUNK), jobs)
+            if not letters:
                 break
-            try:
-                entry = json.loads(item)["entry"]
-            except (ValueError, TypeError, KeyError):
-                entry = _text(item)
-            try:
-                event, _tries = parse_entry(entry)
-                entry = event.to_json()
-            except BadEntry:
-                pass  # back it goes as it was; the next drain sends it to the dead letters again
-            self._call("update", self.client.rpush, self.key, entry)
-            moved += 1
+            stalled = True
+            for chunk in _chunks(letters):
+                args: list[bytes | str] = []
+                for letter in chunk:
+                    args += [letter, _requeued_entry(letter)] if mode == "requeue" else [letter]
+                answer = f"{self.dead_key}:done:{uuid.uuid4().hex}"
+                done = int(
+                    self._call(
+                        "update",
+                        script,
+                        keys=[self.dead_key, self.key, answer],
+                        args=[_ANSWER_MS, mode, *args],
+                    )
+                )
+                moved += done
+                stalled = stalled and not done
+            if stalled:  # another operator moved what this one read: it is done
+                break
         return moved
 
-    def drop_dead(self, count: int | None = None) -> int:
-        """Forget up to ``count`` (None: all) dead letters, oldest first; returns how many."""
-        if count is None:
-            dropped = self._length(self.dead_key)
-            self._call("update", self.client.delete, self.dead_key)
-            return max(dropped, 0)
-        dropped = self._call("update", self.client.lpop, self.dead_key, count) or []
-        return len(dropped)
+    def _read_dead(self, count: int, jobs: Collection[str] | None, *, start: int = 0) -> list[bytes]:
+        """Up to ``count`` dead letters as stored, oldest first, from the ``start``-th of those
+        of ``jobs`` (every letter when None)."""
+        if count <= 0:
+            return []
+        if jobs is None:
+            return list(self._call("read", self.client.lrange, self.dead_key, start, start + count - 1))
+        wanted = set(jobs)
+        found: list[bytes] = []
+        index = 0
+        while len(found) < start + count:
+            page = self._call("read", self.client.lrange, self.dead_key, index, index + 999)
+            found += [item for item in page if _job_of(item) in wanted]
+            if len(page) < 1000:
+                break
+            index += len(page)
+        return found[start : start + count]
+
+    def _script(self, name: str, source: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(source)
+        return script
 
     def _length(self, key: str) -> int:
         import redis
@@ -342,6 +434,47 @@ def _letter(raw: bytes | str, reason: str, now: float) -> str:
 def _text(raw: bytes | str) -> str:
     """An entry as text for a dead letter (bytes that are not UTF-8 are replaced)."""
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _dead_letter(item: bytes) -> DeadLetter:
+    try:
+        doc = json.loads(item)
+        return DeadLetter(str(doc["reason"]), float(doc["dead_at"]), str(doc["entry"]))
+    except (ValueError, TypeError, KeyError):
+        return DeadLetter("unreadable dead letter", 0.0, _text(item))
+
+
+def _requeued_entry(item: bytes) -> str:
+    """What a dead letter puts back in the outbox: its entry as an event would write it (no
+    ``_tries``), or as it was when it is not one (the next drain buries it again)."""
+    entry = _dead_letter(item).entry
+    try:
+        return parse_entry(entry)[0].to_json()
+    except BadEntry:
+        return entry
+
+
+def _job_of(item: bytes) -> str | None:
+    """The job a dead letter's entry names, if it names one."""
+    try:
+        job_id = json.loads(_dead_letter(item).entry).get("job_id")
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _chunks(letters: list[bytes]) -> Iterator[list[bytes]]:
+    """``letters`` in runs of at most ``_MOVE_CHUNK_BYTES`` (a letter larger than that alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for letter in letters:
+        if chunk and size + 2 * len(letter) > _MOVE_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(letter)
+        size += 2 * len(letter)  # the letter, and the entry it puts back
+    if chunk:
+        yield chunk
 
 
 class OutboxStore:

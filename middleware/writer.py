@@ -26,6 +26,14 @@ Also:
   (:class:`~middleware.cancel_poll.CancelPoll`): cancellations requested in the database
   reach the Redis flags every worker reads;
 * the buffer is flushed on :meth:`close` (worker shutdown) and at interpreter exit.
+
+When the store and the outbox are both down, events wait in memory: hooks keep handing them
+over without I/O until ``max_buffer`` jobs are held; past that a status waits up to
+``max_block`` seconds for room and is then kept anyway (``job_status_sync_failures_total
+{reason="overflow"}``), and a progress update is dropped (``reason="dropped_progress"``); the
+writer says so once (``sync_buffer_full``) and once when there is room again
+(``sync_buffer_room``). Nothing held is lost unless the process stops before either store
+answers (``job_status_sync_lost_events_total``, ``sync_lost``).
 """
 
 from __future__ import annotations
@@ -65,11 +73,13 @@ class StatusWriter:
         goes after ``flush_interval``, whatever its size.
       max_batch: events per batch.
       max_batch_bytes: encoded size of one store round trip; a larger batch is split.
-      max_buffer: jobs held in memory before backpressure starts.
+      max_buffer: jobs held in memory (buffered, or taken and not yet written or spilled)
+        before backpressure starts (see :mod:`middleware.buffer`).
       retry_attempts, retry_seconds: bounds of the tenacity retries of one batch.
       probe_interval: while degraded, seconds between attempts to reach the store again.
       drain_interval: seconds between looks at the outbox while it is empty.
-      max_block: seconds a submitting thread waits for room in a full buffer.
+      max_block: seconds a submitting thread waits for room in a full buffer, at most, per
+        status; then the status is kept anyway and counted as an overflow (0: never waits).
       close_timeout: seconds :meth:`close` waits for the last batches.
       cancel_poll: the fleet's cancel poll, taken part in once :meth:`start` was called (a
         worker booting); producers start the thread lazily and never poll.
@@ -144,6 +154,12 @@ class StatusWriter:
         self._next_depth_check = 0.0
         self._atexit_registered = False
         self._polling = False  # a worker's writer takes its turns in the cancel poll
+        self._outbox_down = False  # said once (sync_outbox_down) until a write or spill succeeds
+        self._lost = 0  # events lost by the current close()
+        # since when the buffer has been full (None: it is not), and what it cost since
+        self._full_since: float | None = None
+        self._overflowed = 0
+        self._dropped = 0
         # the thread's clock (time.monotonic()): when it last looked at the buffer; the look
         # after which the news now buffered began to come in (None: nothing buffered); and the
         # earliest time the next batch may go unless it is full (flush_interval after the last)
@@ -186,13 +202,16 @@ class StatusWriter:
             return done
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, stop the thread and close the store. The writer restarts on the next submit."""
+        """Flush, stop the thread and close the store; True when everything was written or
+        spilled (False: events left unwritten, or lost with the store and Redis both down).
+        The writer restarts on the next submit."""
         timeout = self.close_timeout if timeout is None else timeout
         with self._cond:
             thread = self._thread
             if thread is None:
                 return True
             self._stopping = True
+            self._lost = 0
             self._cond.notify_all()
         thread.join(timeout)
         with self._cond:
@@ -207,7 +226,7 @@ class StatusWriter:
                 return False
             self._thread = None
             self._stopping = False
-        return left == 0
+        return left == 0 and not self._lost
 
     def prepare(self) -> None:
         """Build the store now, in the calling thread, and let it warm up (see the stores'
@@ -276,7 +295,9 @@ class StatusWriter:
                 stopping = self._stopping
                 counts = buffer.take_counts_locked()
                 waiting = len(buffer) + buffer.inflight
+                held = buffer.held
             _count_events(metrics, counts)
+            self._note_buffer(counts, held)
             metrics.queue_depth.set(waiting)
             if batch:
                 try:
@@ -339,6 +360,41 @@ class StatusWriter:
             look = min(look, max(self._next_batch, self._waiting_since + self.max_wait))
         return max(look - now, 0.0)
 
+    def _note_buffer(self, counts: collections.Counter[str], held: int) -> None:
+        """Say once that the buffer is full (hooks now wait, statuses go past the bound,
+        progress is dropped), and once that it has room again, with what it cost."""
+        overflowed, dropped = counts.get(OVERFLOW, 0), counts.get(DROPPED_PROGRESS, 0)
+        if overflowed or dropped:
+            if self._full_since is None:
+                self._full_since = time.monotonic()
+                logger.warning(
+                    "Status buffer full (%d jobs held, max_buffer %d): each further status "
+                    "waits up to %.2fs for room, then is kept anyway; progress updates are dropped.",
+                    held,
+                    self.max_buffer,
+                    self.max_block,
+                    extra={"action": "sync_buffer_full", "held": held, "max_buffer": self.max_buffer},
+                )
+            self._overflowed += overflowed
+            self._dropped += dropped
+        elif self._full_since is not None and held < self.max_buffer:
+            seconds = time.monotonic() - self._full_since
+            logger.info(
+                "Status buffer has room again after %.1fs: %d statuses were kept past max_buffer, "
+                "%d progress updates dropped.",
+                seconds,
+                self._overflowed,
+                self._dropped,
+                extra={
+                    "action": "sync_buffer_room",
+                    "seconds": round(seconds, 3),
+                    "overflow": self._overflowed,
+                    "dropped_progress": self._dropped,
+                },
+            )
+            self._full_since = None
+            self._overflowed = self._dropped = 0
+
     def _take_locked(self) -> list[StatusEvent]:
         batch = self._buffer.take_locked()
         if not len(self._buffer):
@@ -362,6 +418,7 @@ class StatusWriter:
             )
             self._spill(metrics, batch)
             return
+        self._outbox_down = False
         if self._degraded:
             logger.info("Status store reachable again.", extra={"action": "sync_recovered"})
             self._degraded = False
@@ -393,16 +450,20 @@ class StatusWriter:
             try:
                 self.outbox.push(events)  # every event encodes: see middleware.storable
                 metrics.failures.labels("spilled").inc(len(events))
+                self._outbox_down = False
                 return
             except TransientStoreError as exc:
                 metrics.failures.labels(exc.reason).inc()
-                logger.error(
-                    "Outbox unavailable too; keeping %d events in memory.",
-                    len(events),
-                    extra={"action": "sync_outbox_down", "reason": exc.reason} | job_ids(events),
-                )
+                if not self._outbox_down:  # once, not at every batch while both stay down
+                    self._outbox_down = True
+                    logger.error(
+                        "Outbox unavailable too; keeping %d events in memory.",
+                        len(events),
+                        extra={"action": "sync_outbox_down", "reason": exc.reason} | job_ids(events),
+                    )
         if self._stopping:
             metrics.lost.inc(len(events))
+            self._lost += len(events)
             logger.error(
                 "Stopping with the store and the outbox down: %d status events are lost.",
                 len(events),

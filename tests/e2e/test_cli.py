@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from middleware.events import Owner, Status, StatusEvent
+from middleware.outbox import RedisOutbox
 from middleware.stores.postgres import PostgresStatusStore
 from tests.support.db import create_owner, fetch_rows, wait_for
 from tests.support.processes import BIN, app_env, dramatiq_worker
@@ -154,7 +156,18 @@ def test_every_command_explains_itself() -> None:
     env = app_env()
     top = coursegen(env, "--help")
     assert top.returncode == 0
-    for command in ("submit", "status", "watch", "jobs", "cancel", "admin", "migrate", "purge", "dev"):
+    for command in (
+        "submit",
+        "status",
+        "watch",
+        "jobs",
+        "cancel",
+        "admin",
+        "outbox",
+        "migrate",
+        "purge",
+        "dev",
+    ):
         assert command in top.stdout
         done = coursegen(env, command, "--help")
         assert done.returncode == 0 and "exit codes:" in done.stdout, command
@@ -287,3 +300,106 @@ def test_purge_expires_purges_and_says_how_many(database_url: str, empty_databas
     one_line_error(
         coursegen(app_env(DATABASE_URL=empty_database_url), "purge"), 1, "run `coursegen migrate` first"
     )
+
+
+# -- coursegen outbox ------------------------------------------------------------------------------
+
+
+def dead_letters_of(owner: Owner, count: int, prefix: str) -> list[StatusEvent]:
+    now = time.time()
+    return [
+        StatusEvent(
+            f"{prefix}-{i}-{uuid.uuid4()}",
+            Status.COMPLETED,
+            1,
+            owner,
+            "generate_course",
+            "course-generation",
+            now + i,
+            result={"n": i},
+        )
+        for i in range(count)
+    ]
+
+
+def test_outbox_requeue_and_drop_and_the_requeued_letters_are_written(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """An operator lists the dead letters, requeues one job's, drops the oldest, requeues the
+    rest; a worker then drains what was requeued into the table, and the letter that is no event
+    goes back to the dead letters."""
+    owner = create_owner(database_url)
+    env = app_env(REDIS_URL=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    outbox = RedisOutbox(client)
+    first, second, third = dead_letters_of(owner, 3, "dead")
+    outbox.bury([(event.to_json(), "rejected: unknown_tenant") for event in (first, second, third)])
+    outbox.bury([("{not an event", "not_json: JSONDecodeError")])
+
+    stats = coursegen(env, "outbox", "stats")
+    assert (stats.returncode, stats.stdout) == (0, "waiting: 0\ndead letters: 4\n")
+    listed = coursegen(env, "outbox", "list", "--json", "--job", second.job_id)
+    assert listed.returncode == 0
+    [letter] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (letter["reason"], json.loads(letter["entry"])["job_id"]) == (
+        "rejected: unknown_tenant",
+        second.job_id,
+    )
+
+    requeued = coursegen(env, "outbox", "requeue", "--job", second.job_id)
+    assert (requeued.returncode, requeued.stdout, requeued.stderr) == (0, "requeued: 1\n", "")
+    dropped = coursegen(env, "outbox", "drop", "--limit", "1")
+    assert (dropped.returncode, dropped.stdout) == (0, "dropped: 1\n")
+    assert coursegen(env, "outbox", "stats").stdout == "waiting: 1\ndead letters: 2\n"
+    rest = coursegen(env, "outbox", "requeue", "--all")
+    assert (rest.returncode, rest.stdout) == (0, "requeued: 2\n")
+    assert coursegen(env, "outbox", "requeue", "--all").stdout == "requeued: 0\n"
+    assert coursegen(env, "outbox", "drop", "--all").stdout == "dropped: 0\n"
+    assert coursegen(env, "outbox", "stats").stdout == "waiting: 3\ndead letters: 0\n"
+
+    one_line_error(
+        coursegen(env, "outbox", "requeue", "--limit", "0"), 2, "coursegen outbox: --limit must be"
+    )
+    one_line_error(coursegen(env, "outbox", "drop", "--limit", "-1"), 2, "--limit must be at least 1")
+    no_redis = app_env(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    for action in ("requeue", "drop"):
+        one_line_error(
+            coursegen(no_redis, "outbox", action, "--all"), 3, "coursegen outbox: cannot reach Redis"
+        )
+
+    worker_env = app_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    with dramatiq_worker(worker_env, tmp_path / "worker.log") as worker:
+        rows = wait_for(
+            lambda: len(found := fetch_rows(database_url, [second.job_id, third.job_id])) == 2 and found,
+            timeout=60,
+            what="the requeued letters written by the worker",
+        )
+        wait_for(lambda: outbox.depth() == 0 and outbox.dead_depth() == 1, timeout=30, what="the drain")
+        assert worker.stop() == 0
+    assert {row["status"] for row in rows.values()} == {"completed"}
+    assert rows[third.job_id]["result"] == {"n": 2}
+    assert first.job_id not in fetch_rows(database_url), "dropped"
+    [junk] = outbox.dead_letters()
+    assert (junk.entry, junk.reason.split(":")[0]) == ("{not an event", "not_json")
+    client.close()
+
+
+def test_two_outbox_requeues_at_once_move_each_letter_once(redis_url: str) -> None:
+    owner = Owner(str(uuid.uuid4()), str(uuid.uuid4()))
+    client = redis.Redis.from_url(redis_url)
+    outbox = RedisOutbox(client)
+    letters = dead_letters_of(owner, 2000, "twice")
+    outbox.bury([(event.to_json(), "rejected: unknown_tenant") for event in letters])
+    env = app_env(REDIS_URL=redis_url)
+
+    command = [str(BIN / "coursegen"), "outbox", "requeue", "--all"]
+    operators = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [operator.communicate(timeout=60)[0] for operator in operators]
+
+    assert [operator.returncode for operator in operators] == [0, 0]
+    counts = [int(re.fullmatch(r"requeued: (\d+)\n", output)[1]) for output in outputs]  # type: ignore[index]
+    assert sum(counts) == 2000, outputs
+    waiting = [json.loads(raw)["job_id"] for raw in client.lrange(outbox.key, 0, -1)]
+    assert sorted(waiting) == sorted(event.job_id for event in letters), "each letter once"
+    assert outbox.dead_depth() == 0
+    client.close()

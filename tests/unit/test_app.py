@@ -50,6 +50,17 @@ def test_a_worker_app_has_the_status_system_first_and_its_actor() -> None:
         app.close()
 
 
+def test_the_buffer_knobs_reach_the_writer(monkeypatch: Any) -> None:
+    monkeypatch.setenv("COURSEGEN_MAX_BUFFER", "300")
+    monkeypatch.setenv("COURSEGEN_MAX_BLOCK", "0")
+    app = build_app(Settings(redis_url="redis://127.0.0.1:9/0", database_url=UNREACHABLE_DB, metrics=False))
+    try:
+        assert app.status is not None
+        assert (app.status.writer.max_buffer, app.status.writer.max_block) == (300, 0.0)
+    finally:
+        app.close()
+
+
 def test_redis_alone_makes_a_producer_that_refuses_to_boot_a_worker() -> None:
     app = build_app(Settings(redis_url="redis://127.0.0.1:9/0", metrics=False))
     try:
