@@ -18,7 +18,7 @@ from dramatiq.broker import MessageProxy
 
 from .events import MAX_ATTEMPT, MAX_ERROR_CHARS, Owner
 from .redaction import clean_text
-from .storable import storable_time
+from .storable import MAX_TIME, MIN_TIME
 
 OwnerExtractor = Callable[[Message[Any]], Owner | None]
 
@@ -58,9 +58,10 @@ def seconds_from_ms(milliseconds: Any) -> float | None:
     hold (NaN, 10**30, seconds where milliseconds belong: before 2000 or after 2200)."""
     if type(milliseconds) is int or type(milliseconds) is float:
         try:
-            return storable_time(milliseconds / 1000)
+            seconds = milliseconds / 1000
         except OverflowError:  # an int too large for a float
             return None
+        return seconds if MIN_TIME <= seconds <= MAX_TIME else None  # NaN fails both
     return None
 
 
