@@ -106,7 +106,13 @@ def build_broker(settings: Settings) -> tuple[RedisBroker, JobStatusMiddleware |
             max_block=settings.max_block,
             retry_attempts=settings.retry_attempts,
             retry_seconds=settings.retry_seconds,
-            cancel_poll=CancelPoll(flags, interval=settings.cancel_poll_interval) if poll_database else None,
+            cancel_poll=CancelPoll(
+                flags,
+                interval=settings.cancel_poll_interval,
+                lag_interval=settings.retention_lag_interval,
+            )
+            if poll_database
+            else None,
         )
         # a job whose cancellation was requested (coursegen.jobs.cancel, or in the database) is
         # skipped when picked up, or stopped at its next progress checkpoint

@@ -124,6 +124,16 @@ class Settings(BaseSettings):
             "Redis lease; 0 turns it off (only coursegen.jobs.cancel then reaches the workers)"
         ),
     )
+    retention_lag_interval: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "seconds between the fleet's reads of how far behind retention is "
+            "(job_status_retention_lag_seconds; the cancel poller's lease holder reads it): 0 "
+            "turns it off, else at least 60"
+        ),
+    )
     status_sync: bool = Field(
         True,
         description="mirror job status into the store; off leaves the middleware out entirely",
@@ -141,6 +151,13 @@ class Settings(BaseSettings):
         le=10,
         description="seconds each pipeline stage waits, so that a demo can be watched; 0 in production",
     )
+
+    @field_validator("retention_lag_interval")
+    @classmethod
+    def _at_most_once_a_minute(cls, value: float) -> float:
+        if 0 < value < 60:
+            raise ValueError("0 (off) or at least 60 seconds: the read costs the database a scan")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -24,6 +24,15 @@ Jobs a producer flagged before their row existed (``RedisCancelFlags.request(row
 get their rows stamped by the lease holder once the rows exist, with the time of the request
 (``public.job_status_stamp_cancels``); after ``lookback`` seconds they are forgotten.
 
+The lease holder also reads how far behind retention is (``public.job_status_retention_lag``,
+through the store's ``retention_lag``) at most once per ``lag_interval`` for the whole fleet (a
+second Redis lease, ``<key>:retention_lag``, held that long), and sets the gauge
+``job_status_retention_lag_seconds``: a pg_cron job that stopped, or a ``coursegen purge`` that
+nobody runs any more, shows as a lag that grows (alert ``JobStatusRetentionBehind``). A failed
+read is logged (at most once a minute) and counted (``job_status_retention_lag_reads{outcome=
+"failed"}``); it changes nothing else: the cancel poll goes on, and the fleet tries again after
+``lag_interval``.
+
 Runs in the writer thread of worker processes (:class:`~middleware.writer.StatusWriter`'s
 ``cancel_poll``), with the store the writer built there. A failed poll never stops the writer:
 it is logged (at most once a minute) and counted, and the next one waits longer (up to a minute).
@@ -37,12 +46,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .cancel import RedisCancelFlags
 from .errors import StoreError
-from .stores.base import CancelSource
+from .stores.base import CancelSource, RetentionLagSource
 from .sync_metrics import SyncMetrics
 
 logger = logging.getLogger(__name__)
@@ -70,6 +79,7 @@ class PollResult:
     read: int = 0  # stamps read (live or not)
     copied: int = 0  # jobs newly flagged
     stamped: int = 0  # unstamped jobs whose rows now exist
+    lag: float | None = None  # the retention lag, when this turn read it
 
 
 class CancelPoll:
@@ -85,8 +95,11 @@ class CancelPoll:
         page: int = 500,
         max_pages: int = 10,
         key: str = DEFAULT_KEY,
+        lag_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if lag_interval and lag_interval < 60:
+            raise ValueError("lag_interval: 0 (off) or at least 60 seconds")
         self.flags = flags
         self.interval = interval
         self.overlap = overlap
@@ -95,12 +108,15 @@ class CancelPoll:
         self.max_pages = max_pages
         self.key = key
         self.watermark_key = key + ":watermark"
+        self.lag_interval = lag_interval
+        self.lag_key = key + ":retention_lag"
         self._clock = clock
         self._advance: Any = None
         self._next = 0.0
         self._failures = 0
         self._logged_at = -_LOG_EVERY
         self._unsupported = False
+        self._lag_logged_at = -_LOG_EVERY
 
     def __repr__(self) -> str:
         return f"CancelPoll(key={self.key!r}, interval={self.interval})"
@@ -143,6 +159,9 @@ class CancelPoll:
         self._next = now + self.interval
         if result.polled:
             metrics.cancel_polls.labels("polled").inc()
+            lag = self._read_lag(store, metrics, now)
+            if lag is not None:
+                result = replace(result, lag=lag)
         if result.copied:
             metrics.cancel_requests_copied.inc(result.copied)
             logger.info(
@@ -151,6 +170,38 @@ class CancelPoll:
                 extra={"action": "cancel_poll_copied", "jobs": result.copied},
             )
         return result
+
+    def _read_lag(self, store: Any, metrics: SyncMetrics, now: float) -> float | None:
+        """The retention lag, read and exported when the fleet's turn for it has come and this
+        process took it; None otherwise. Never raises."""
+        if not self.lag_interval or not isinstance(store, RetentionLagSource):
+            return None
+        try:
+            token = f"{socket.gethostname()}:{os.getpid()}"
+            if not self.flags.client.set(self.lag_key, token, nx=True, px=int(self.lag_interval * 1000)):
+                return None
+            lag = store.retention_lag()
+        except Exception as exc:  # never stops the writer nor the cancel poll: logged, counted
+            metrics.retention_lag_reads.labels("failed").inc()
+            if now - self._lag_logged_at >= _LOG_EVERY:
+                self._lag_logged_at = now
+                import redis
+
+                expected = isinstance(exc, StoreError | redis.RedisError)
+                logger.warning(
+                    "Could not read how far behind retention is (%s: %s); the fleet tries again in %.0f s.",
+                    type(exc).__name__,
+                    exc,
+                    self.lag_interval,
+                    exc_info=not expected,
+                    extra={"action": "retention_lag_failed", "reason": getattr(exc, "reason", "error")},
+                )
+            return None
+        metrics.retention_lag.set(lag)
+        metrics.retention_lag_reads.labels("read").inc()
+        if lag > 0:
+            logger.debug("Retention is %.0f s behind.", lag, extra={"action": "retention_lag", "lag": lag})
+        return lag
 
     def poll(self, store: CancelSource) -> PollResult:
         """One turn: take the lease, or leave it to the process that has it. Raises

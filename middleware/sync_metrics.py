@@ -7,7 +7,10 @@ first use, by the writer thread, which a worker starts after its process has boo
 
 Gauges in multiprocess mode: the queue depth is each process's own buffer, so the fleet's is the
 sum over live processes (``livesum``); the outbox is one Redis list every process samples, so the
-fleet's depth is the latest sample of any live process (``livemostrecent``), not a sum.
+fleet's depth is the latest sample of any live process (``livemostrecent``), not a sum. So is
+the retention lag: one process of the fleet reads it at a time (the cancel poller's lease holder,
+at most once a minute), so the latest value set by any live process is the fleet's; a dead
+process's value leaves the endpoint with its files (``mostrecent`` would keep it).
 """
 
 from __future__ import annotations
@@ -100,6 +103,21 @@ class SyncMetrics:
             "flagged for the workers.",
             registry=registry,
         )
+        self.retention_lag = Gauge(
+            "job_status_retention_lag_seconds",
+            "How far behind retention is: seconds past its time of the finished row the purge "
+            "would delete next or of the quiet row the expiry would end next, whichever is more "
+            "(0: nothing overdue). Read from the database by one process of the fleet at most once "
+            "a minute.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.retention_lag_reads = Counter(
+            "job_status_retention_lag_reads",
+            "Reads of the retention lag in this process, by outcome (read, failed).",
+            ["outcome"],
+            registry=registry,
+        )
         self.lost = Counter(
             "job_status_sync_lost_events",
             "Status events neither written nor kept: the store and the outbox were both down "
@@ -158,6 +176,7 @@ class DisabledMetrics(SyncMetrics):
     def __init__(self) -> None:
         self.events = self.writes = self.failures = self.dead_letters = self.lost = _Disabled()
         self.cancel_polls = self.cancel_requests_copied = _Disabled()
+        self.retention_lag = self.retention_lag_reads = _Disabled()
         self.write_seconds = self.lag_seconds = _Disabled()
         self.queue_depth = self.outbox_depth = self.dead_letter_depth = _Disabled()
 

@@ -80,6 +80,17 @@ class CancelSource(Protocol):
         ...
 
 
+@runtime_checkable
+class RetentionLagSource(Protocol):
+    """A store that can say how far behind retention is (``public.job_status_retention_lag``):
+    both stores can. The fleet's cancel poller reads it at most once a minute and exports it
+    (``job_status_retention_lag_seconds``). Errors as for :meth:`StatusStore.apply`."""
+
+    def retention_lag(self) -> float:
+        """Seconds past its time of the row retention would take next (0: nothing overdue)."""
+        ...
+
+
 WRITE_FUNCTION = "job_status_write"
 #: ``public.job_status_write``'s parameters in order, and the event attribute each array holds;
 #: the first eight are required, the others default to null (a field no event has)

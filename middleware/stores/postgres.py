@@ -33,6 +33,8 @@ CANCEL_REQUESTS_SQL = (
     "select job_id, cancel_requested_at, live from public.job_status_cancel_requests(%s, %s, %s)"
 )
 STAMP_CANCELS_SQL = "select public.job_status_stamp_cancels(%s::text[], %s::timestamptz[])"
+# How far behind retention is, in seconds (read by the cancel poller's lease holder)
+RETENTION_LAG_SQL = "select public.job_status_retention_lag()"
 
 # SQLSTATE classes worth another try: connection exceptions, insufficient resources, operator
 # intervention (shutdown, cancel), and transaction rollbacks (deadlock, serialization).
@@ -131,6 +133,10 @@ class PostgresStatusStore:
     def stamp_cancels(self, requests: Sequence[tuple[str, dt.datetime]]) -> list[str]:
         params = ([job_id for job_id, _ in requests], [when for _, when in requests])
         return [job_id for (job_id,) in self._query(STAMP_CANCELS_SQL, params)]
+
+    def retention_lag(self) -> float:
+        [(lag,)] = self._query(RETENTION_LAG_SQL, ())
+        return float(lag)
 
     def _query(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """One statement on a pooled connection; errors classified as for :meth:`apply`."""

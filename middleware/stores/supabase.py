@@ -56,6 +56,8 @@ RPC_FUNCTION = WRITE_FUNCTION
 #: what the fleet's cancel poller calls (middleware/cancel_poll.py)
 CANCEL_REQUESTS_FUNCTION = "job_status_cancel_requests"
 STAMP_CANCELS_FUNCTION = "job_status_stamp_cancels"
+#: what the cancel poller's lease holder reads once a minute: how far behind retention is
+RETENTION_LAG_FUNCTION = "job_status_retention_lag"
 
 #: PostgREST's own codes for "the database is unreachable right now": could not connect (000),
 #: internal connection error (001), schema cache not loaded (002), pool acquisition timeout (003).
@@ -204,8 +206,25 @@ class SupabaseStatusStore:
         }
         return [str(job_id) for job_id in self._rpc(STAMP_CANCELS_FUNCTION, args)]
 
+    def retention_lag(self) -> float:
+        # a function returning a scalar: PostgREST answers the bare JSON number
+        lag = self._call_rpc(RETENTION_LAG_FUNCTION, {})
+        if type(lag) not in (int, float) or not 0 <= lag < float("inf"):
+            raise PermanentStoreError(
+                f"unexpected answer from {RETENTION_LAG_FUNCTION}", reason="bad_response"
+            )
+        return float(lag)
+
     def _rpc(self, function: str, args: dict[str, Any]) -> list[Any]:
         """A function answering a JSON array, other than job_status_write: one POST, errors
+        classified as for it."""
+        data = self._call_rpc(function, args)
+        if not isinstance(data, list):
+            raise PermanentStoreError(f"unexpected answer from {function}", reason="bad_response")
+        return data
+
+    def _call_rpc(self, function: str, args: dict[str, Any]) -> Any:
+        """One POST to a function other than job_status_write, its answer as JSON; errors
         classified as for it."""
         from postgrest.exceptions import APIError
 
@@ -222,8 +241,6 @@ class SupabaseStatusStore:
             ) from exc
         except APIError as exc:
             raise self._error_for(getattr(self._local, "status", None), exc, 0) from exc
-        if not isinstance(data, list):
-            raise PermanentStoreError(f"unexpected answer from {function}", reason="bad_response")
         return data
 
     def _error_for(self, status: int | None, exc: Any, events: int) -> StoreError:

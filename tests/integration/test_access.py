@@ -115,6 +115,7 @@ WRITES = [
     "select public.job_status_expire(interval '1 day')",
     "select public.job_status_purge_tombstones(interval '1 day')",
     "select public.job_status_retention_run()",
+    "select public.job_status_retention_lag()",
     "select * from public.job_status_retention",
     "update public.job_status_retention set batch_size = 10",
     "select * from public.job_status_tombstones",
