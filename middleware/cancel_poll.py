@@ -198,6 +198,7 @@ class CancelPoll:
                 )
             return None
         metrics.retention_lag.set(lag)
+        metrics.retention_lag_read_at.set(self._clock())
         metrics.retention_lag_reads.labels("read").inc()
         if lag > 0:
             logger.debug("Retention is %.0f s behind.", lag, extra={"action": "retention_lag", "lag": lag})

@@ -10,7 +10,10 @@ sum over live processes (``livesum``); the outbox is one Redis list every proces
 fleet's depth is the latest sample of any live process (``livemostrecent``), not a sum. So is
 the retention lag: one process of the fleet reads it at a time (the cancel poller's lease holder,
 at most once a minute), so the latest value set by any live process is the fleet's; a dead
-process's value leaves the endpoint with its files (``mostrecent`` would keep it).
+process's value leaves the endpoint with its files (``mostrecent`` would keep it). Each host's
+endpoint has its own latest value, and the hosts read in turns: the fleet's lag is the value of
+the host with the latest read, which ``job_status_retention_lag_read_timestamp_seconds`` tells
+(the alert JobStatusRetentionBehind picks it).
 """
 
 from __future__ import annotations
@@ -112,6 +115,13 @@ class SyncMetrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.retention_lag_read_at = Gauge(
+            "job_status_retention_lag_read_timestamp_seconds",
+            "When job_status_retention_lag_seconds was last read (Unix time): the host with the "
+            "latest read has the fleet's lag.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self.retention_lag_reads = Counter(
             "job_status_retention_lag_reads",
             "Reads of the retention lag in this process, by outcome (read, failed).",
@@ -176,7 +186,7 @@ class DisabledMetrics(SyncMetrics):
     def __init__(self) -> None:
         self.events = self.writes = self.failures = self.dead_letters = self.lost = _Disabled()
         self.cancel_polls = self.cancel_requests_copied = _Disabled()
-        self.retention_lag = self.retention_lag_reads = _Disabled()
+        self.retention_lag = self.retention_lag_read_at = self.retention_lag_reads = _Disabled()
         self.write_seconds = self.lag_seconds = _Disabled()
         self.queue_depth = self.outbox_depth = self.dead_letter_depth = _Disabled()
 

@@ -21,6 +21,8 @@ import pytest
 import redis
 
 from coursegen import retention
+from coursegen.app import build_app
+from coursegen.settings import ConfigurationError, load_settings
 from middleware import RedisCancelFlags
 from middleware.cancel_poll import CancelPoll
 from middleware.errors import TransientStoreError
@@ -267,6 +269,7 @@ def test_the_lease_holder_sets_the_gauge_once_a_minute_for_the_fleet(
     assert result is not None and result.polled and result.lag == pytest.approx(DAY, abs=SLACK)
     assert one.retention_lag._value.get() == pytest.approx(DAY, abs=SLACK)
     assert one.retention_lag_reads.labels("read")._value.get() == 1
+    assert one.retention_lag_read_at._value.get() == pytest.approx(time.time(), abs=SLACK)
     assert client.pttl("job_status:cancel_poll:retention_lag") > 50_000
 
     # the other process's turns at the cancel poll come, the lag's does not for a minute
@@ -330,3 +333,26 @@ def test_the_lag_interval_is_at_least_a_minute_or_off(
     result = CancelPoll(flags, interval=0.01, lag_interval=0).maybe_poll(lambda: lagging, fresh_metrics())
     assert result is not None and result.polled and result.lag is None and lagging.lag_reads == 0
     assert client.exists("job_status:cancel_poll:retention_lag") == 0
+
+
+@pytest.mark.parametrize(("interval", "expected"), [("0", 0.0), ("600", 600.0), (None, 60.0)])
+def test_a_worker_s_app_reads_it_at_the_interval_its_settings_say(
+    database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, interval: str | None, expected: float
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    if interval is not None:
+        monkeypatch.setenv("COURSEGEN_RETENTION_LAG_INTERVAL", interval)
+    app = build_app(load_settings())
+    try:
+        assert app.status is not None and app.status.writer.cancel_poll is not None
+        assert app.status.writer.cancel_poll.lag_interval == expected
+    finally:
+        app.close()
+
+
+def test_a_lag_interval_under_a_minute_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSEGEN_RETENTION_LAG_INTERVAL", "30")
+    refused = r"COURSEGEN_RETENTION_LAG_INTERVAL: 0 \(off\) or at least 60"
+    with pytest.raises(ConfigurationError, match=refused):
+        load_settings()
