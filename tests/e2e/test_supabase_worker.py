@@ -69,8 +69,12 @@ def test_worker_writes_status_through_supabase(
 
     # every write was one RPC call as the service role; besides, the worker only asked the API
     # for cancellations requested in the database (the fleet's poller: about one call a second)
-    calls = [c for c in stand_in.log if c.path != "/rest/v1/rpc/job_status_cancel_requests"]
-    polls = [c for c in stand_in.log if c.path == "/rest/v1/rpc/job_status_cancel_requests"]
+    # and, once for the fleet in its first minute, how far behind retention is
+    fleet = ("/rest/v1/rpc/job_status_cancel_requests", "/rest/v1/rpc/job_status_retention_lag")
+    calls = [c for c in stand_in.log if c.path not in fleet]
+    polls = [c for c in stand_in.log if c.path == fleet[0]]
+    lag_reads = [(c.method, c.role, c.status) for c in stand_in.log if c.path == fleet[1]]
+    assert lag_reads and set(lag_reads) == {("POST", "service_role", 200)}
     assert calls, "the rows came through the REST API"
     assert {(c.method, c.path, c.role, c.status) for c in calls} == {
         ("POST", "/rest/v1/rpc/job_status_write", "service_role", 200)

@@ -396,10 +396,12 @@ def test_hostile_actors_beside_ordinary_jobs(stack: Stack, tmp_path: Path) -> No
     check_not_held_up(list(control.values()), beside)
     check_no_loss_no_degradation(metrics, log, records(record_file))
     if stack.stand_in is not None:  # every write went through the REST API, and was taken
-        # (besides the writes, the fleet's cancel poller asks about once a second)
+        # (besides the writes, the fleet's cancel poller asks about once a second, and how far
+        # behind retention is once a minute)
         assert {(c.path, c.status) for c in stack.stand_in.log} <= {
             ("/rest/v1/rpc/job_status_write", 200),
             ("/rest/v1/rpc/job_status_cancel_requests", 200),
+            ("/rest/v1/rpc/job_status_retention_lag", 200),
         }
         assert ("/rest/v1/rpc/job_status_write", 200) in {(c.path, c.status) for c in stack.stand_in.log}
 
