@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         ),
     )
     retention_lag_interval: float = Field(
-        60.0,
+        300.0,
         ge=0,
         le=86_400,
         description=(

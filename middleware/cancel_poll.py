@@ -95,7 +95,7 @@ class CancelPoll:
         page: int = 500,
         max_pages: int = 10,
         key: str = DEFAULT_KEY,
-        lag_interval: float = 60.0,
+        lag_interval: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if lag_interval and lag_interval < 60:

@@ -335,7 +335,7 @@ def test_the_lag_interval_is_at_least_a_minute_or_off(
     assert client.exists("job_status:cancel_poll:retention_lag") == 0
 
 
-@pytest.mark.parametrize(("interval", "expected"), [("0", 0.0), ("600", 600.0), (None, 60.0)])
+@pytest.mark.parametrize(("interval", "expected"), [("0", 0.0), ("600", 600.0), (None, 300.0)])
 def test_a_worker_s_app_reads_it_at_the_interval_its_settings_say(
     database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, interval: str | None, expected: float
 ) -> None:
