@@ -26,6 +26,9 @@ REQUIRED = {
     "job_status_sync_lag_seconds_bucket",  # lag percentiles
     "job_status_sync_queue_depth",
     "job_status_sync_outbox_depth",
+    "job_status_sync_dead_letter_depth",  # durability
+    "job_status_sync_lost_events_total",
+    "job_status_retention_lag_seconds",  # retention
     "dramatiq_messages_total",  # Dramatiq's own
     "dramatiq_message_errors_total",
     "dramatiq_messages_inprogress",
