@@ -71,6 +71,20 @@ return 1
 """
 
 
+def _warn(exc: Exception, action: str, what: str) -> None:
+    """A failed turn's warning: the error's class and text (a traceback only for the unexpected)."""
+    import redis
+
+    logger.warning(
+        "%s (%s: %s)",
+        what,
+        type(exc).__name__,
+        exc,
+        exc_info=not isinstance(exc, StoreError | redis.RedisError),
+        extra={"action": action, "reason": getattr(exc, "reason", "error")},
+    )
+
+
 @dataclass(frozen=True)
 class PollResult:
     """What one turn did. ``polled``: this process held the lease and read the store."""
@@ -138,21 +152,16 @@ class CancelPoll:
                 )
                 return None
             result = self.poll(store)
-        except Exception as exc:  # a poll never stops the writer: logged, counted, tried again later
+        except Exception as exc:  # noqa: BLE001 - a poll never stops the writer: logged (_warn), counted
             self._failures += 1
             self._next = now + min(_MAX_BACKOFF, self.interval * 2**self._failures)
             metrics.cancel_polls.labels("failed").inc()
             if now - self._logged_at >= _LOG_EVERY:
                 self._logged_at = now
-                import redis
-
-                expected = isinstance(exc, StoreError | redis.RedisError)
-                logger.warning(
-                    "Could not poll the database for cancellation requests (%s: %s); trying again.",
-                    type(exc).__name__,
+                _warn(
                     exc,
-                    exc_info=not expected,
-                    extra={"action": "cancel_poll_failed", "reason": getattr(exc, "reason", "error")},
+                    "cancel_poll_failed",
+                    "Could not poll the database for cancellation requests; trying again.",
                 )
             return None
         self._failures = 0
@@ -181,20 +190,15 @@ class CancelPoll:
             if not self.flags.client.set(self.lag_key, token, nx=True, px=int(self.lag_interval * 1000)):
                 return None
             lag = store.retention_lag()
-        except Exception as exc:  # never stops the writer nor the cancel poll: logged, counted
+        except Exception as exc:  # noqa: BLE001 - nor does the lag's read: logged (_warn), counted
             metrics.retention_lag_reads.labels("failed").inc()
             if now - self._lag_logged_at >= _LOG_EVERY:
                 self._lag_logged_at = now
-                import redis
-
-                expected = isinstance(exc, StoreError | redis.RedisError)
-                logger.warning(
-                    "Could not read how far behind retention is (%s: %s); the fleet tries again in %.0f s.",
-                    type(exc).__name__,
+                _warn(
                     exc,
-                    self.lag_interval,
-                    exc_info=not expected,
-                    extra={"action": "retention_lag_failed", "reason": getattr(exc, "reason", "error")},
+                    "retention_lag_failed",
+                    "Could not read how far behind retention is; the fleet tries again in "
+                    f"{self.lag_interval:.0f} s.",
                 )
             return None
         metrics.retention_lag.set(lag)

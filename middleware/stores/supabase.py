@@ -163,24 +163,7 @@ class SupabaseStatusStore:
             for i, ((name, _attribute), array) in enumerate(zip(WRITE_PARAMS, arrays, strict=True))
             if array is not None or i < REQUIRED_PARAMS
         }
-        from postgrest.exceptions import APIError
-
-        self._local.status = None
-        try:
-            response = self._get_client().rpc(RPC_FUNCTION, params).execute()
-        except httpx.TimeoutException as exc:
-            raise TransientStoreError(
-                f"Supabase did not answer within {self._timeout}s ({type(exc).__name__})", reason="timeout"
-            ) from exc
-        except httpx.RequestError as exc:
-            raise TransientStoreError(
-                f"cannot reach Supabase: {type(exc).__name__}: {self._clean(str(exc))}", reason="connection"
-            ) from exc
-        except APIError as exc:
-            raise self._error_for(getattr(self._local, "status", None), exc, len(events)) from exc
-        except UnicodeError as exc:  # a text the client cannot encode
-            raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
-        return response.data
+        return self._call_rpc(RPC_FUNCTION, params, events=len(events))
 
     def cancel_requests(self, since: dt.datetime, after_job_id: str, limit: int) -> list[CancelRequest]:
         args = {"since": since.isoformat(), "after_job_id": after_job_id, "max_rows": limit}
@@ -223,9 +206,9 @@ class SupabaseStatusStore:
             raise PermanentStoreError(f"unexpected answer from {function}", reason="bad_response")
         return data
 
-    def _call_rpc(self, function: str, args: dict[str, Any]) -> Any:
-        """One POST to a function other than job_status_write, its answer as JSON; errors
-        classified as for it."""
+    def _call_rpc(self, function: str, args: dict[str, Any], *, events: int = 0) -> Any:
+        """One POST to ``function``, its answer as JSON; errors classified (``events``: how many
+        status events the request carries, for a batch too large)."""
         from postgrest.exceptions import APIError
 
         self._local.status = None
@@ -240,7 +223,9 @@ class SupabaseStatusStore:
                 f"cannot reach Supabase: {type(exc).__name__}: {self._clean(str(exc))}", reason="connection"
             ) from exc
         except APIError as exc:
-            raise self._error_for(getattr(self._local, "status", None), exc, 0) from exc
+            raise self._error_for(getattr(self._local, "status", None), exc, events) from exc
+        except UnicodeError as exc:  # a text the client cannot encode
+            raise RejectedBatchError(f"{type(exc).__name__}: a text cannot be encoded") from exc
         return data
 
     def _error_for(self, status: int | None, exc: Any, events: int) -> StoreError:

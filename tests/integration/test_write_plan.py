@@ -13,28 +13,18 @@ table that was never analyzed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from middleware.events import Owner, Status, StatusEvent
 from middleware.stores.postgres import PostgresStatusStore
-from tests.support.db import create_database, create_owner, database_url_for, drop_database
+from tests.support.db import create_owner
 
 pytestmark = [pytest.mark.integration, pytest.mark.sql]
 
 BATCH = 500
 BATCHES = 8  # 4,000 jobs of one tenant: a pending event each, then their ending
-
-
-@pytest.fixture
-def fresh_database(pg_admin_url: str, template_database: str) -> Iterator[str]:
-    name = create_database(pg_admin_url, template_database)
-    try:
-        yield database_url_for(pg_admin_url, name)
-    finally:
-        drop_database(pg_admin_url, name)
 
 
 def _index_scans(conninfo: str) -> dict[str, int]:
@@ -82,12 +72,12 @@ def _scans_once_reported(conninfo: str, at_least: int) -> dict[str, int]:
 
 
 @pytest.fixture
-def unanalyzed(fresh_database: str) -> str:
-    with psycopg.connect(fresh_database, autocommit=True) as conn:
+def unanalyzed(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         # no autovacuum may analyze the table behind the test's back
         conn.execute("alter table public.job_status set (autovacuum_enabled = false)")
-    assert _reltuples(fresh_database) < 0, "the table must start without statistics"
-    return fresh_database
+    assert _reltuples(database_url) < 0, "the table must start without statistics"
+    return database_url
 
 
 def test_a_session_planned_on_an_unanalyzed_table_writes_through_the_job_id_index(unanalyzed: str) -> None:
