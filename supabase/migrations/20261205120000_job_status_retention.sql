@@ -236,8 +236,13 @@ begin
           updated_at = pg_catalog.now()
         from firsts as w
         where j.job_id = w.job_id
-          and (j.tenant_id, j.user_id, j.actor_name, j.queue_name)
-            = (w.tenant_id, w.user_id, w.actor_name, w.queue_name)
+          -- not =: no index can serve IS NOT DISTINCT FROM, so job_id's is the only index
+          -- condition, whatever the statistics (planned once per session: one planned on a table
+          -- without statistics took the tenant's index with job_id as a filter, every event
+          -- reading all of its tenant's rows; tests/integration/test_write_plan.py). The columns
+          -- are NOT NULL: the outcome is that of =.
+          and (j.tenant_id, j.user_id, j.actor_name, j.queue_name) is not distinct from
+            (w.tenant_id, w.user_id, w.actor_name, w.queue_name)
           -- THE RULE: whether the event is newer news than the row
           and case
             when j.status >= 'cancelled' then
