@@ -33,8 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from coursegen.embedded import LocalPostgres, LocalRedis
 from coursegen.jobs import Jobs
 from coursegen.migrate import migrate
 from coursegen.settings import Settings
+from tests.support.db import create_owner, wait_for
 from tests.support.postgrest import (
     PostgrestStandIn,
     anon_key,
@@ -64,17 +64,6 @@ TEXT = (ROOT / "tests" / "data" / "honeybees.txt").read_text(encoding="utf-8")
 FLAGS_KEY = "job_status:cancel_requests"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout}s")
-        time.sleep(interval)
-
-
 class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -87,12 +76,8 @@ class Stack:
             stack.enter_context(self.postgres)
             self.url = self.postgres.url()
             migrate(self.url)
-            self.tenant_id, self.user_id = str(uuid.uuid4()), str(uuid.uuid4())
+            self.tenant_id, self.user_id = create_owner(self.url, tenant_name="bench")
             with psycopg.connect(self.url, autocommit=True) as conn:
-                conn.execute(
-                    "insert into public.organizations (id, name) values (%s, 'bench')", (self.tenant_id,)
-                )
-                conn.execute("insert into auth.users (id) values (%s)", (self.user_id,))
                 dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
                 conn.execute(f"alter database \"{dbname}\" set track_functions = 'all'")
             self.client = redis.Redis.from_url(self.redis.url)
@@ -150,7 +135,7 @@ class Stack:
                 workers = [c.pid for c in children if c.num_threads() > threads + 2]
                 return workers if len(workers) >= processes else None
 
-            pids = wait_for(booted, timeout=60, interval=0.1)
+            pids = wait_for(booted, timeout=60, interval=0.1, what="the worker's processes")
             time.sleep(2)  # let imports and boot-time work settle before measuring
             yield pids
         finally:
@@ -268,27 +253,43 @@ def measure_latency(stack: Stack, store: str, cancels: int) -> dict[str, Any]:
         with stack.worker(env, processes, threads):
             for _ in range(cancels):
                 job = producer.submit(request)
-                wait_for(lambda j=job: row(j).get("status") == "active" and row(j)["progress"] >= 10, 60)
+                wait_for(
+                    lambda j=job: row(j).get("status") == "active" and row(j)["progress"] >= 10,
+                    timeout=60,
+                    interval=0.01,
+                )
                 time.sleep(random.uniform(0, 1))  # any phase of the poll and of the job's checkpoints
                 assert browser.rpc("cancel_job", {"job_id": job}).execute().data == "active"
-                done = wait_for(lambda j=job: (r := row(j)) and r["finished_at"] and r, 30)
+                done = wait_for(
+                    lambda j=job: (r := row(j)) and r["finished_at"] and r, timeout=30, interval=0.01
+                )
                 assert done["status"] == "cancelled", done
                 running.append((done["finished_at"] - done["cancel_requested_at"]).total_seconds())
             for _ in range(cancels):
                 blockers = [producer.submit(request) for _ in range(processes * threads)]
-                wait_for(lambda b=blockers: all(row(j).get("status") == "active" for j in b), 60)
+                wait_for(
+                    lambda b=blockers: all(row(j).get("status") == "active" for j in b),
+                    timeout=60,
+                    interval=0.01,
+                )
                 job = producer.submit(request)
                 time.sleep(random.uniform(0, 1))
                 assert browser.rpc("cancel_job", {"job_id": job}).execute().data == "pending"
-                wait_for(lambda j=job: stack.client.zscore(FLAGS_KEY, j) is not None, 30, interval=0.002)
+                wait_for(
+                    lambda j=job: stack.client.zscore(FLAGS_KEY, j) is not None, timeout=30, interval=0.002
+                )
                 flagged = time.time()
                 stamped = row(job)["cancel_requested_at"].timestamp()
                 queued.append(flagged - stamped)
                 for blocker in blockers:
                     operator.cancel(blocker)  # the fast path: the Redis flag
-                done = wait_for(lambda j=job: (r := row(j)) and r["finished_at"] and r, 30)
+                done = wait_for(
+                    lambda j=job: (r := row(j)) and r["finished_at"] and r, timeout=30, interval=0.01
+                )
                 unrun += done["status"] == "cancelled" and done["started_at"] is None
-                wait_for(lambda b=blockers: all(row(j).get("finished_at") for j in b), 30)
+                wait_for(
+                    lambda b=blockers: all(row(j).get("finished_at") for j in b), timeout=30, interval=0.01
+                )
     finally:
         producer.close()
     return {
