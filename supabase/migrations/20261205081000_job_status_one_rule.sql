@@ -57,6 +57,8 @@
 --     (without them 7.54 against 7.43); with the trigger 18.97 -> 19.16 and 21.00 -> 20.66;
 --   through PostgREST, the Supabase store's path (before: job_status_apply): 12.82 -> 9.18 us on
 --     18, 15.88 -> 9.09 on 15.
+--   The insert path's two probes for purged jobs (job_status_tombstones) add ~1 us to a new job's
+--     `pending` event; updates never read them (costs in 20261205120000's header).
 
 set local lock_timeout = '5s';
 
@@ -68,6 +70,20 @@ alter table public.job_status
     and next_retry_at >= '2000-01-01 00:00:00+00' and next_retry_at <= '2200-01-01 00:00:00+00'
     and finished_at >= '2000-01-01 00:00:00+00' and finished_at <= '2200-01-01 00:00:00+00'
   ) not valid;
+
+-- Jobs whose rows retention purged (20261205120000 fills it): job_status_write never inserts a
+-- row for them again (its insert's two probes, marked below; the event is stale).
+create table public.job_status_tombstones (
+  job_id text primary key,
+  purged_at timestamptz not null default now()
+);
+create index job_status_tombstones_purged_at_idx on public.job_status_tombstones (purged_at);
+alter table public.job_status_tombstones enable row level security;
+revoke all on public.job_status_tombstones from public, anon, authenticated;
+grant select, insert, update, delete on public.job_status_tombstones to service_role;
+comment on table public.job_status_tombstones is
+  'Jobs whose rows job_status_purge deleted: job_status_write never inserts them again. '
+  'Dropped after job_status_retention.keep_tombstones by job_status_purge_tombstones.';
 
 create function public.job_status_write(
   job_ids text[],
@@ -217,8 +233,13 @@ begin
           updated_at = pg_catalog.now()
         from firsts as w
         where j.job_id = w.job_id
-          and (j.tenant_id, j.user_id, j.actor_name, j.queue_name)
-            = (w.tenant_id, w.user_id, w.actor_name, w.queue_name)
+          -- not =: no index can serve IS NOT DISTINCT FROM, so job_id's is the only index
+          -- condition, whatever the statistics (planned once per session: one planned on a table
+          -- without statistics took the tenant's index with job_id as a filter, every event
+          -- reading all of its tenant's rows; tests/integration/test_write_plan.py). The columns
+          -- are NOT NULL: the outcome is that of =.
+          and (j.tenant_id, j.user_id, j.actor_name, j.queue_name) is not distinct from
+            (w.tenant_id, w.user_id, w.actor_name, w.queue_name)
           -- THE RULE: whether the event is newer news than the row
           and case
             when j.status >= 'cancelled' then
@@ -243,6 +264,13 @@ begin
         from firsts as w
         where (select pg_catalog.count(*) from updated) < v_set
           and w.job_id not in (select u.job_id from updated as u)
+          -- a job whose row this statement's snapshot holds is not inserted, even when the
+          -- row is gone by now: a purge that deleted it committed after the snapshot, and its
+          -- tombstone is visible to the next statement only (the job is then "missed", and
+          -- the next look finds the tombstone)
+          and not exists (select from public.job_status as r where r.job_id = w.job_id)
+          -- a purged job never comes back
+          and not exists (select from public.job_status_tombstones as t where t.job_id = w.job_id)
         order by w.job_id  -- one lock order for every writer
         on conflict (job_id) do nothing
         returning j.job_id
@@ -320,6 +348,8 @@ begin
             when w.layer > 1 then 'next'
             when w.job_id in (select pg_catalog.jsonb_array_elements_text(v_detail -> 'written'))
               then 'applied'
+            -- a purged job: its story is over; a late event is old news
+            when r.job_id is null and t.job_id is not null then 'stale'
             when r.job_id is null or not w.i = any(v_missed) then 'missed'
             when (r.tenant_id, r.user_id, r.actor_name, r.queue_name)
               is distinct from (tenant_ids[w.i], user_ids[w.i], actor_names[w.i], queue_names[w.i])
@@ -335,6 +365,7 @@ begin
           where v_todo is null or e.i = any(v_todo)
         ) as w
         left join public.job_status as r on r.job_id = w.job_id
+        left join public.job_status_tombstones as t on t.job_id = w.job_id
       ) as c;
       v_missed := v_missed || v_more_missed;
       v_stale := v_stale || v_more_stale;
