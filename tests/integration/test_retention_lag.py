@@ -284,7 +284,12 @@ def test_the_lease_holder_sets_the_gauge_once_a_minute_for_the_fleet(
     # its lease gone (a minute later), the next lease holder reads it: 0 after retention ran
     retention.run(database_url)
     client.delete("job_status:cancel_poll:retention_lag")
-    result = wait_for(lambda: second.maybe_poll(lambda: lagging, other), timeout=5, interval=0.01)
+    # a turn that finds the cancel lease still held by the first poller reads nothing: wait for one of its own
+    result = wait_for(
+        lambda: (turn := second.maybe_poll(lambda: lagging, other)) and turn.polled and turn,
+        timeout=5,
+        interval=0.01,
+    )
     assert result.lag == 0.0 and other.retention_lag._value.get() == 0.0
 
 
